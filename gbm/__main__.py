@@ -1,0 +1,5 @@
+import sys
+
+from gbm.cli import main
+
+sys.exit(main())
