@@ -170,8 +170,8 @@ class GBM(SDE):
         return (self.sigma**2 * t) ** 2
 
     def network_input(self, x):
-        """The backbone sees ``log x``, roughly standardised by the prior's log-scale."""
-        return x.clamp_min(torch.finfo(x.dtype).tiny).log()
+        """The backbone sees ``log |x|`` (the sign-agnostic sampler can visit negative values)."""
+        return x.abs().clamp_min(torch.finfo(x.dtype).tiny).log()
 
     def log_tweedie(self, x, t, score):
         """``E[log x_0 | x_t] = log x_t + sigma^2 t (h + 1) - (mu - sigma^2/2) t`` (SPEC §3)."""
