@@ -1,0 +1,44 @@
+"""Atomic file writes: a reader sees either the previous file or the complete new one, never a part."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success move it over ``path`` with ``os.replace``.
+
+    The temporary name keeps the final suffix (numpy and torch look at it) and starts with ``.tmp-`` so
+    that nothing globbing for finished files picks it up. On error the temporary file is removed.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, tmp_name = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
+    os.close(handle)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def cache_dir() -> Path:
+    """The user cache directory: ``$GBM_CACHE_DIR`` if set, else ``~/.cache/gbm``."""
+    return Path(os.environ.get("GBM_CACHE_DIR") or Path.home() / ".cache" / "gbm").expanduser()
+
+
+def downloads_allowed() -> bool:
+    """False when ``GBM_NO_DOWNLOAD`` is set to a non-empty value other than ``0`` (tests, air-gapped CI)."""
+    return os.environ.get("GBM_NO_DOWNLOAD", "") in ("", "0")
