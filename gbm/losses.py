@@ -84,7 +84,13 @@ class DSMLoss:
 
 
 def make_loss(sde: SDE, *, num_levels: int = 1000, likelihood_weighting: bool = False):
-    """The training loss for ``sde``: M-DSM for GBM, DSM for the additive SDEs."""
+    """The training loss for ``sde``: M-DSM for GBM, hybrid score matching for CLD, DSM for the additive SDEs."""
+    if sde.name == "cld":
+        from gbm.cld import HSMLoss
+
+        if likelihood_weighting:
+            raise ValueError("loss.likelihood_weighting: not defined for CLD's hybrid score matching")
+        return HSMLoss(sde)
     if isinstance(sde, GBM):
         if likelihood_weighting:
             raise ValueError("loss.likelihood_weighting: only defined for the additive SDEs")

@@ -256,3 +256,6 @@ def probability_flow(sde, score_fn, x, *, steps, generator=None, solver="rk45", 
         raise RuntimeError(f"probability-flow ODE failed: {solution.message}")
     x = torch.from_numpy(solution.y[:, -1]).to(device=device, dtype=dtype).reshape(shape)
     return x, {"solver": "rk45", "rtol": rtol, "atol": atol}
+
+
+import gbm.cld  # noqa: E402,F401  (registers CLD's samplers "sscs" and "cld-em"; gbm/cld.py imports this module)

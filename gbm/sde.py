@@ -309,7 +309,9 @@ SDES: dict[str, type[SDE]] = {"gbm": GBM, "vp": VPSDE, "subvp": SubVPSDE, "ve": 
 
 
 def make_sde(name: str, **params) -> SDE:
-    """Build an SDE by name (``gbm``, ``vp``, ``subvp``, ``ve``), naming the field on bad input."""
+    """Build an SDE by name (``gbm``, ``vp``, ``subvp``, ``ve``, ``cld``), naming the field on bad input."""
+    if name == "cld":
+        import gbm.cld  # noqa: F401  (adds CLD to SDES; it imports this module, so not at the top)
     if name not in SDES:
         raise ValueError(f"sde.name: unknown SDE {name!r}; choose one of {sorted(SDES)}")
     cls = SDES[name]
