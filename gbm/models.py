@@ -1,0 +1,33 @@
+"""Score parameterisation: wraps any backbone so it returns the score its SDE declares (SPEC §2, §5).
+
+The backbone sees ``sde.network_input(x)`` (GBM: ``log |x|``) and a 1-D tensor of times. With the ``"eps"``
+parameterisation its output is a noise prediction turned into a score by ``sde.score_from_eps`` (GBM:
+``h = -1 - eps / (sigma sqrt t)``; VP/VE: ``-eps / std``); with ``"score"`` the output is the score itself.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gbm.sde import SDE
+
+PARAMETERISATIONS = ("eps", "score")
+
+
+class ScoreModel(nn.Module):
+    """``forward(x, t)`` returns the score ``sde`` declares, computed from ``backbone``'s output."""
+
+    def __init__(self, sde: SDE, backbone: nn.Module, parameterisation: str = "eps"):
+        super().__init__()
+        if parameterisation not in PARAMETERISATIONS:
+            raise ValueError(
+                f"model.parameterisation: unknown {parameterisation!r}; choose one of {list(PARAMETERISATIONS)}"
+            )
+        self.sde, self.backbone, self.parameterisation = sde, backbone, parameterisation
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        output = self.backbone(self.sde.network_input(x), t)
+        if self.parameterisation == "eps":
+            return self.sde.score_from_eps(output, x, t)
+        return output

@@ -1,0 +1,371 @@
+"""Training loop: score model + loss + Adam with warm-up, gradient clipping, EMA, resumable checkpoints.
+
+``prepare`` validates everything (SDE, loss options, data, image shape, positivity for GBM) and builds the
+pieces before any file is written; ``train`` runs the loop in a run directory (``gbm.runs``). Resuming from
+the latest checkpoint restores model, EMA, optimizer, the loss-noise generator and the global RNG; the
+data order is a pure function of (seed, step), so an interrupted and resumed run ends with weights
+bitwise equal to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+from tqdm.auto import tqdm
+
+from gbm import pixels, toy
+from gbm.config import RESUMABLE_KEYS, Config, check_loss_options, diff_keys
+from gbm.ema import EMA
+from gbm.losses import check_training_data, make_loss
+from gbm.models import ScoreModel
+from gbm.nets import MLP, MLPConfig, UNet, backbone_record, count_parameters, unet_config
+from gbm.runs import (
+    MODEL_FORMAT,
+    RunDir,
+    atomic_torch_save,
+    atomic_write_text,
+    environment_record,
+    resolve_device,
+    sde_record,
+    write_json,
+)
+from gbm.sde import GBM, SDE, make_sde
+
+TOY_DATASETS = {"two_spirals": toy.two_spirals}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss stopped being finite; no checkpoint was written from the affected weights."""
+
+
+class TrainingData:
+    """Training set held on the device (uint8 images or float toy points); batches in a seeded order.
+
+    The order of epoch e is ``randperm(N)`` from a generator seeded by ``(seed, e)``, so the batch of
+    any step is known without replaying earlier steps.
+    """
+
+    def __init__(self, values: torch.Tensor, to_data_space: Callable | None, seed: int, device: torch.device):
+        self.values = values.to(device)
+        self.to_data_space = to_data_space
+        self.seed = seed
+        self._epoch, self._order = -1, None
+
+    def __len__(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(self.values.shape[1:])
+
+    def convert(self, values: torch.Tensor) -> torch.Tensor:
+        return values.float() if self.to_data_space is None else self.to_data_space(values)
+
+    def batch(self, step: int, batch_size: int) -> torch.Tensor:
+        """The batch for 0-based ``step`` (drop-last epochs)."""
+        per_epoch = len(self) // batch_size
+        epoch, position = divmod(step, per_epoch)
+        if epoch != self._epoch:
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            self._order = torch.randperm(len(self), generator=generator).to(self.values.device)
+            self._epoch = epoch
+        return self.convert(self.values[self._order[position * batch_size:(position + 1) * batch_size]])
+
+
+@dataclass
+class TrainingSetup:
+    """Everything a run needs, built and validated before any work starts."""
+
+    config: Config
+    device: torch.device
+    sde: SDE
+    backbone: nn.Module
+    model: ScoreModel
+    loss_fn: Callable
+    data: TrainingData
+    data_record: dict
+
+
+def data_space(sde: SDE) -> str:
+    """Where an SDE's data lives: GBM in [1, 2] (``pixels.to_positive``), the others in [-1, 1]."""
+    return "positive" if isinstance(sde, GBM) else "centered"
+
+
+def _load_data(config: Config, sde: SDE) -> tuple[torch.Tensor, Callable | None, dict]:
+    data = config.data
+    if data.toy is not None:
+        if data.toy not in TOY_DATASETS:
+            raise ValueError(f"data.toy: unknown toy dataset {data.toy!r}; choose one of {sorted(TOY_DATASETS)}")
+        values = TOY_DATASETS[data.toy](data.n, torch.Generator().manual_seed(config.seed))
+        return values, None, {"toy": data.toy, "n": data.n, "space": "toy"}
+    from gbm.data import load_prepared
+
+    prepared = load_prepared(data.path)
+    images = torch.from_numpy(np.ascontiguousarray(prepared.images(data.split)))
+    if data.limit is not None:
+        images = images[: data.limit]
+    space = data_space(sde)
+    record = {"path": str(data.path), "split": data.split, "limit": data.limit, "space": space,
+              "dataset": prepared.meta.get("name"), "meta": prepared.meta}
+    return images, pixels.DATA_SPACE[space][0], record
+
+
+def _build_backbone(config: Config, sde: SDE, shape: tuple[int, ...]) -> nn.Module:
+    model = config.model
+    overrides = model.backbone_overrides()
+    if model.backbone == "mlp":
+        if len(shape) != 1:
+            raise ValueError(f"model.backbone: 'mlp' takes vectors, the data has shape {shape}; use 'unet'")
+        if model.size != "tiny":
+            raise ValueError(f"model.size: the 'mlp' backbone has one size, 'tiny'; got {model.size!r}")
+        net_config = MLPConfig(dim=shape[0], out_dim=shape[0], **overrides)
+        net_config.check_data_shape(shape)
+        return MLP(net_config)
+    if model.backbone != "unet":
+        raise ValueError(f"model.backbone: unknown backbone {model.backbone!r}; choose 'unet' or 'mlp'")
+    if len(shape) != 3:
+        raise ValueError(f"model.backbone: 'unet' takes images (C, H, W), the data has shape {shape}; use 'mlp'")
+    # An SDE with an extended state (CLD stacks x and v) says how many channels the network sees.
+    in_ch, out_ch = sde.network_channels(shape[0]) if hasattr(sde, "network_channels") else (shape[0], shape[0])
+    net_config = unet_config(model.size, in_channels=in_ch, out_channels=out_ch, **overrides)
+    net_config.check_image_shape((in_ch, *shape[1:]))
+    return UNet(net_config)
+
+
+def prepare(config: Config, device: str | torch.device = "auto") -> TrainingSetup:
+    """Validate the config against the data and build SDE, network, loss and data; writes nothing."""
+    device = resolve_device(device) if isinstance(device, str) else device
+    params = config.sde.params
+    fixed = sorted({"prior_log_mean", "prior_log_std"} & set(params))
+    if fixed:
+        raise ValueError(f"sde.{fixed[0]}: the log-normal prior is fitted from the training data; do not set it")
+    try:
+        sde = make_sde(config.sde.name, **params)
+    except TypeError as error:
+        raise ValueError(f"sde: bad parameter for {config.sde.name!r}: {error}") from None
+    check_loss_options(config.loss, make_loss)
+    loss_fn = make_loss(sde, **config.loss)
+
+    values, to_data_space, data_record = _load_data(config, sde)
+    full = values.float() if to_data_space is None else to_data_space(values)
+    check_training_data(sde, full)
+    if isinstance(sde, GBM):
+        sde = sde.with_prior_from_data(full)
+        loss_fn = make_loss(sde, **config.loss)
+    del full
+    if len(values) < config.train.batch_size:
+        raise ValueError(f"train.batch_size: {config.train.batch_size} exceeds the {len(values)} training examples")
+
+    torch.manual_seed(config.seed)
+    backbone = _build_backbone(config, sde, tuple(values.shape[1:])).to(device)
+    model = ScoreModel(sde, backbone, config.model.parameterisation)
+    data = TrainingData(values, to_data_space, config.seed, device)
+    data_record |= {"shape": list(data.shape), "n_train": len(data)}
+    return TrainingSetup(config, device, sde, backbone, model, loss_fn, data, data_record)
+
+
+def model_record(setup: TrainingSetup, ema: EMA, step: int) -> dict:
+    """The ``model.pt`` content: EMA weights and everything needed to rebuild the score model."""
+    kind, net_config = backbone_record(setup.backbone)
+    return {
+        "format": MODEL_FORMAT,
+        "step": step,
+        "sde": sde_record(setup.sde),
+        "sde_description": setup.sde.describe(),
+        "backbone": kind,
+        "backbone_config": {k: list(v) if isinstance(v, tuple) else v for k, v in net_config.items()},
+        "parameterisation": setup.model.parameterisation,
+        "data": setup.data_record,
+        "config": setup.config.to_dict(),
+        "state_dict": {k: v.detach().cpu() for k, v in ema.shadow.items()},
+    }
+
+
+def _all_finite(tensors) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
+
+
+class _LossLog:
+    """Per-step losses kept on the device and flushed to ``loss.csv``; the flush checks finiteness."""
+
+    def __init__(self, path: Path):
+        self.path, self.pending, self.recent = path, [], []
+
+    def start(self, keep_until: int) -> None:
+        """Keep the rows of steps ``<= keep_until`` (those a checkpoint covers); start the file if absent."""
+        rows = []
+        if keep_until > 0 and self.path.is_file():
+            with open(self.path) as handle:
+                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= keep_until]
+        text = io.StringIO()
+        text.write("step,loss\n")
+        for r in rows:
+            text.write(f"{r['step']},{r['loss']}\n")
+        atomic_write_text(self.path, text.getvalue())
+        self.recent = [float(r["loss"]) for r in rows[-100:]]
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        self.pending.append((step, loss.detach()))
+
+    def flush(self) -> float | None:
+        """Write pending rows; raise ``TrainingDiverged`` at the first non-finite loss."""
+        if not self.pending:
+            return None
+        steps = [s for s, _ in self.pending]
+        values = torch.stack([v for _, v in self.pending]).float().cpu().tolist()
+        self.pending = []
+        with open(self.path, "a") as handle:
+            for step, value in zip(steps, values):
+                handle.write(f"{step},{value!r}\n")
+                if not math.isfinite(value):
+                    raise TrainingDiverged(
+                        f"loss became non-finite ({value}) at step {step}; no checkpoint was written from these "
+                        "weights. Lower train.lr, raise train.warmup or set train.grad_clip"
+                    )
+        self.recent = (self.recent + values)[-100:]
+        return values[-1]
+
+
+def _rng_state(device: torch.device) -> dict:
+    state = {"torch": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def _check_resumable(run: RunDir, config: Config) -> None:
+    with open(run.config) as handle:
+        previous = yaml.safe_load(handle)
+    changed = [k for k in diff_keys(previous, config.to_dict()) if k not in RESUMABLE_KEYS]
+    if changed:
+        raise ValueError(
+            f"{changed[0]}: differs from the run being resumed in {str(run.root)!r} "
+            f"(changed: {changed}); use a new --out directory"
+        )
+
+
+def train(config: Config, run_dir: str | Path, device: str | torch.device = "auto", progress: bool = True,
+          setup: TrainingSetup | None = None) -> dict:
+    """Train in ``run_dir``, resuming from its latest checkpoint; returns the training metrics."""
+    setup = setup or prepare(config, device)
+    device, tc = setup.device, config.train
+    run = RunDir(run_dir)
+    checkpoints = run.list_checkpoints()
+    start = 0
+    if checkpoints:
+        _check_resumable(run, config)
+        start = checkpoints[-1][0]
+        if start > tc.steps:
+            raise ValueError(f"train.steps: {tc.steps} is below the {start} steps already done in {str(run.root)!r}")
+        if start == tc.steps and run.model.is_file() and run.metrics.is_file():
+            return json.loads(run.metrics.read_text())
+
+    params = list(setup.backbone.parameters())
+    optimizer = torch.optim.Adam(params, lr=tc.lr)
+    ema = EMA(setup.backbone, tc.ema_decay)
+    noise = torch.Generator().manual_seed(config.seed + 1)
+    wall_before = 0.0
+    if checkpoints:
+        state = torch.load(checkpoints[-1][1], map_location=device, weights_only=True)
+        setup.backbone.load_state_dict(state["backbone"])
+        optimizer.load_state_dict(state["optimizer"])
+        ema.load_state_dict(state["ema"])
+        noise.set_state(state["rng"]["noise"])
+        _set_rng_state(state["rng"]["global"], device)
+        wall_before = state["wall_time_s"]
+
+    run.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.config, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    environment = json.loads(run.environment.read_text()) if start and run.environment.is_file() else {}
+    sessions = environment.get("sessions", []) + [environment_record(device) | {"resumed_from_step": start}]
+    write_json(run.environment, {"seed": config.seed, "device": str(device), "sessions": sessions})
+    log = _LossLog(run.loss)
+    log.start(start)
+
+    def save_checkpoint(step: int, wall: float) -> None:
+        if not (_all_finite(params) and _all_finite(ema.shadow.values())):
+            raise TrainingDiverged(f"weights became non-finite by step {step}; no checkpoint was written")
+        atomic_torch_save(
+            {
+                "step": step,
+                "backbone": setup.backbone.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "ema": ema.state_dict(),
+                "rng": {"noise": noise.get_state(), "global": _rng_state(device)},
+                "wall_time_s": wall,
+                "sde": sde_record(setup.sde),
+            },
+            run.checkpoint(step),
+        )
+        for _, old in run.list_checkpoints()[: -tc.keep_checkpoints]:
+            old.unlink(missing_ok=True)
+
+    setup.backbone.train()
+    began = time.perf_counter()
+    bar = tqdm(total=tc.steps, initial=start, desc=f"train {config.sde.name}", unit="step", file=sys.stderr,
+               disable=not progress, mininterval=1.0, dynamic_ncols=True)
+    for step in range(start + 1, tc.steps + 1):
+        if tc.warmup:
+            for group in optimizer.param_groups:
+                group["lr"] = tc.lr * min(1.0, step / tc.warmup)
+        x0 = setup.data.batch(step - 1, tc.batch_size)
+        loss = setup.loss_fn(setup.model, x0, generator=noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if tc.grad_clip > 0:
+            nn.utils.clip_grad_norm_(params, tc.grad_clip, foreach=True)
+        optimizer.step()
+        ema.update(setup.backbone)
+        log.add(step, loss)
+        bar.update(1)
+        checkpoint_now = step % tc.checkpoint_every == 0 or step == tc.steps
+        if checkpoint_now or step % tc.log_every == 0:
+            last = log.flush()
+            bar.set_postfix(loss=f"{last:.4g}", refresh=False)
+        if checkpoint_now:
+            save_checkpoint(step, wall_before + time.perf_counter() - began)
+    bar.close()
+    session = time.perf_counter() - began
+
+    done = tc.steps - start
+    atomic_torch_save(model_record(setup, ema, tc.steps), run.model)
+    metrics = {
+        "steps": tc.steps,
+        "final_loss": float(np.mean(log.recent)) if log.recent else None,
+        "final_loss_window": len(log.recent),
+        "last_loss": log.recent[-1] if log.recent else None,
+        "wall_time_s": wall_before + session,
+        "session_wall_time_s": session,
+        "session_steps": done,
+        "images_per_s": done * tc.batch_size / session if done and session > 0 else None,
+        "resumed_from_step": start,
+        "params": count_parameters(setup.backbone),
+        "backbone": backbone_record(setup.backbone)[0],
+        "backbone_config": asdict(setup.backbone.config),
+        "parameterisation": setup.model.parameterisation,
+        "sde": setup.sde.describe(),
+        "loss": type(setup.loss_fn).__name__,
+        "ema_decay": tc.ema_decay,
+        "seed": config.seed,
+        "device": str(device),
+    }
+    write_json(run.metrics, metrics)
+    return metrics
