@@ -1,0 +1,164 @@
+"""``gbm report ...``: aggregation, tables and figures of a benchmark (each sub-command one step)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+
+def _pairs(inputs: list[str], outputs: list[str], what: str) -> list[tuple[Path, Path]]:
+    if len(inputs) != len(outputs):
+        raise ValueError(f"{what}: {len(inputs)} inputs but {len(outputs)} --out paths")
+    return [(Path(i), Path(o)) for i, o in zip(inputs, outputs)]
+
+
+def _aggregate(args) -> int:
+    from gbm.pipeline.files import write_text_atomic
+    from gbm.pipeline.tables import aggregate
+
+    runs = aggregate([Path(p) for p in args.metrics])
+    write_text_atomic(Path(args.out), runs.to_csv(index=False))
+    print(f"{len(runs)} evaluated runs -> {args.out}")
+    return 0
+
+
+def _tables(args) -> int:
+    import pandas as pd
+
+    from gbm.pipeline.tables import floor_table, write_tables
+
+    runs = pd.read_csv(args.metrics)
+    written = write_tables(runs, floor_table([Path(p) for p in args.floor]), Path(args.out_dir), args.name)
+    print("\n".join(str(p) for p in written))
+    return 0
+
+
+def _grids(args) -> int:
+    from gbm.pipeline.figures import sample_grid
+
+    for samples, png in _pairs(args.samples, args.out, "samples"):
+        sample_grid(samples, png, n=args.n)
+    return 0
+
+
+def _neighbours(args) -> int:
+    from gbm.pipeline.figures import neighbour_grid
+
+    for neighbours, png in _pairs(args.neighbours, args.out, "neighbours"):
+        neighbour_grid(neighbours, png)
+    return 0
+
+
+def _forward(args) -> int:
+    from gbm.pipeline.figures import forward_histograms
+
+    for data, png in _pairs(args.data, args.out, "data"):
+        forward_histograms(data, png, times=args.times, images=args.images)
+    return 0
+
+
+def _toy(args) -> int:
+    from gbm.pipeline.figures import toy_figure
+
+    toy_figure(Path(args.out), paths=args.paths)
+    return 0
+
+
+def _nfe(args) -> int:
+    import pandas as pd
+
+    from gbm.pipeline.figures import metric_vs_nfe
+
+    metric_vs_nfe(pd.read_csv(args.metrics), Path(args.out))
+    return 0
+
+
+def _loss(args) -> int:
+    from gbm.pipeline.figures import loss_curves
+
+    loss_curves([Path(p) for p in args.loss], Path(args.out))
+    return 0
+
+
+def _trajectories(args) -> int:
+    from gbm.pipeline.trajectories import trajectory_figures
+
+    for run, png in _pairs(args.runs, args.out, "runs"):
+        trajectory_figures(Path(run), png, steps=args.steps, snapshots=args.snapshots, images=args.images,
+                           device=args.device)
+    return 0
+
+
+def _timing(args) -> int:
+    from gbm.pipeline.files import write_text_atomic
+    from gbm.pipeline.timing import timing_report
+
+    text = json.dumps(timing_report(Path(args.results)), indent=2) + "\n"
+    write_text_atomic(Path(args.out), text)
+    print(text, end="")
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser("report", help="aggregate metrics, write tables and figures",
+                                   description=__doc__.splitlines()[0])
+    steps = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+
+    p = steps.add_parser("aggregate", help="one row per evaluated run (CSV) from metrics.json files")
+    p.add_argument("metrics", nargs="+", help=".../{sampler}/steps{K}/metrics.json files")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_aggregate)
+
+    p = steps.add_parser("tables", help="benchmark and floor tables as CSV, Markdown and LaTeX")
+    p.add_argument("--metrics", required=True, help="the aggregated CSV")
+    p.add_argument("--floor", nargs="+", required=True, help="floor.json files from `gbm floor`")
+    p.add_argument("--name", required=True, help="benchmark name for the captions")
+    p.add_argument("--out-dir", required=True)
+    p.set_defaults(func=_tables)
+
+    p = steps.add_parser("grids", help="sample grid figures")
+    p.add_argument("--samples", nargs="+", required=True)
+    p.add_argument("--out", nargs="+", required=True, help="one .png per samples file (a .pdf beside it)")
+    p.add_argument("--n", type=int, default=64, help="images per grid")
+    p.set_defaults(func=_grids)
+
+    p = steps.add_parser("neighbours", help="nearest-neighbour grid figures")
+    p.add_argument("--neighbours", nargs="+", required=True, help="files from `gbm neighbours`")
+    p.add_argument("--out", nargs="+", required=True)
+    p.set_defaults(func=_neighbours)
+
+    p = steps.add_parser("forward", help="forward-process histograms converging to the log-normal prior")
+    p.add_argument("--data", nargs="+", required=True, help="prepared dataset files")
+    p.add_argument("--times", nargs="+", type=float, required=True)
+    p.add_argument("--images", type=int, default=1000, help="training images used")
+    p.add_argument("--out", nargs="+", required=True)
+    p.set_defaults(func=_forward)
+
+    p = steps.add_parser("toy", help="2-D toy GBM figure")
+    p.add_argument("--paths", type=int, default=64)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_toy)
+
+    p = steps.add_parser("nfe", help="FID/KID versus NFE")
+    p.add_argument("--metrics", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_nfe)
+
+    p = steps.add_parser("loss", help="training loss curves")
+    p.add_argument("--loss", nargs="+", required=True, help="loss.csv files of run directories")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_loss)
+
+    p = steps.add_parser("trajectories", help="reverse-time snapshots of the GBM samplers")
+    p.add_argument("--runs", nargs="+", required=True, help="GBM run directories")
+    p.add_argument("--steps", type=int, required=True)
+    p.add_argument("--snapshots", type=int, default=8)
+    p.add_argument("--images", type=int, default=6)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", nargs="+", required=True)
+    p.set_defaults(func=_trajectories)
+
+    p = steps.add_parser("timing", help="wall time split into compute and pipeline overhead")
+    p.add_argument("--results", default="results")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_timing)

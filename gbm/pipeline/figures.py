@@ -1,0 +1,232 @@
+"""The benchmark's figures (SPEC §10), each written as PNG and PDF: sample and nearest-neighbour grids,
+forward-process histograms, reverse trajectories, the 2-D toy GBM figure, FID/KID versus NFE, loss curves.
+
+Every function takes plain arrays or files and an output ``.png`` path; the ``.pdf`` goes beside it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from gbm.pipeline.files import atomic_path  # noqa: E402
+
+plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "font.size": 9, "axes.titlesize": 9})
+
+
+def save(fig, png: Path) -> None:
+    """Write ``png`` and its ``.pdf`` sibling atomically."""
+    png = Path(png)
+    for path in (png, png.with_suffix(".pdf")):
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format=path.suffix[1:], bbox_inches="tight")
+    plt.close(fig)
+
+
+def tile(images: np.ndarray, cols: int | None = None, pad: int = 1) -> np.ndarray:
+    """uint8 (N, C, H, W) -> one (H', W') or (H', W', 3) mosaic with ``pad`` white pixels between tiles."""
+    n, c, h, w = images.shape
+    cols = cols or int(math.ceil(math.sqrt(n)))
+    rows = int(math.ceil(n / cols))
+    grid = np.full((c, rows * (h + pad) + pad, cols * (w + pad) + pad), 255, dtype=np.uint8)
+    for i, image in enumerate(images):
+        r, q = divmod(i, cols)
+        top, left = pad + r * (h + pad), pad + q * (w + pad)
+        grid[:, top:top + h, left:left + w] = image
+    return grid[0] if c == 1 else grid.transpose(1, 2, 0)
+
+
+def _show(ax, mosaic: np.ndarray) -> None:
+    ax.imshow(mosaic, cmap="gray" if mosaic.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+    ax.set_axis_off()
+
+
+def _describe_eval(samples_npz: Path) -> str:
+    eval_dir = Path(samples_npz).parent
+    seed_dir = eval_dir.parent.parent
+    stats_path = eval_dir / "samples.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
+    nfe = stats.get("nfe")
+    return (f"{seed_dir.parent.parent.name} · {seed_dir.parent.name} · {eval_dir.parent.name} · "
+            f"{eval_dir.name.removeprefix('steps')} steps" + (f" (NFE {nfe})" if nfe is not None else "")
+            + f" · {seed_dir.name}")
+
+
+def sample_grid(samples_npz: Path, png: Path, n: int = 64) -> None:
+    with np.load(samples_npz) as data:
+        images = data["images"][:n]
+    fig, ax = plt.subplots(figsize=(4.2, 4.5))
+    _show(ax, tile(images))
+    ax.set_title(_describe_eval(samples_npz))
+    save(fig, png)
+
+
+def neighbour_grid(neighbours_npz: Path, png: Path) -> None:
+    """Queries (first column) with their nearest training images by Inception features and by pixel L2."""
+    with np.load(neighbours_npz) as data:
+        queries = data["queries"]
+        panels = [(label, data[key]) for key, label in (("inception", "Inception features"), ("pixel", "pixel L2"))
+                  if key in data]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 0.5 * len(queries) + 0.8), squeeze=False)
+    for ax, (label, neighbours) in zip(axes[0], panels):
+        rows = [np.concatenate([q[None], nb], axis=0) for q, nb in zip(queries, neighbours)]
+        _show(ax, tile(np.concatenate(rows), cols=rows[0].shape[0]))
+        ax.set_title(f"nearest training images by {label}")
+    fig.suptitle(_describe_eval(neighbours_npz), y=1.0)
+    save(fig, png)
+
+
+def forward_histograms(data_npz: Path, png: Path, times: list[float], images: int = 1000, seed: int = 0) -> None:
+    """Histograms of log x_t under the GBM forward kernel, against the fitted log-normal prior at T."""
+    import torch
+
+    from gbm.data import load_prepared
+    from gbm.pixels import to_positive
+    from gbm.sde import GBM
+
+    data = load_prepared(data_npz)
+    train = data.images("train")
+    g = torch.Generator().manual_seed(seed)
+    index = torch.randperm(len(train), generator=g)[:images].numpy()
+    x0 = to_positive(torch.as_tensor(train[np.sort(index)])).double()
+    sde = GBM().with_prior_from_data(x0)
+    fig, axes = plt.subplots(1, len(times), figsize=(2.2 * len(times), 2.2), sharey=True)
+    grid = np.linspace(-4, 4.5, 400)
+    m, s = float(sde.prior_log_mean[0]), float(sde.prior_log_std[0])
+    prior = np.exp(-0.5 * ((grid - m) / s) ** 2) / (s * math.sqrt(2 * math.pi))
+    for ax, t in zip(np.atleast_1d(axes), times):
+        z = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
+        xt = sde.perturb(x0, torch.full((x0.shape[0],), float(t), dtype=x0.dtype), z) if t > 0 else x0
+        ax.hist(xt.log().flatten().numpy(), bins=120, range=(grid[0], grid[-1]), density=True, color="tab:blue",
+                alpha=0.8)
+        ax.plot(grid, prior, "k--", lw=1, label="log-normal prior at T")
+        ax.set_title(f"t = {t:g}")
+        ax.set_xlabel("log $x_t$")
+    np.atleast_1d(axes)[0].set_ylabel("density")
+    np.atleast_1d(axes)[-1].legend(loc="upper right", fontsize=7)
+    fig.suptitle(f"{data.meta.get('name', Path(data_npz).stem)}: GBM forward process "
+                 f"(σ = {sde.sigma}, μ = {sde.mu:g}) → log-normal(m = {m:.3f}, s = {s:.3f})", y=1.03)
+    save(fig, png)
+
+
+def toy_figure(png: Path, paths: int = 64, points: int = 2000, steps: int = 200, seed: int = 0) -> None:
+    """2-D toy: positive two-spirals, GBM forward paths (exact solution on a grid), the log-normal end."""
+    import torch
+
+    from gbm.sde import GBM
+    from gbm.toy import two_spirals
+
+    g = torch.Generator().manual_seed(seed)
+    sde = GBM()
+    data = two_spirals(points, generator=g).double()
+    t = torch.linspace(0, sde.T, steps + 1, dtype=torch.float64)
+    dw = torch.randn(paths, steps, 2, generator=g, dtype=torch.float64) * (t[1] - t[0]).sqrt()
+    w = torch.cat([torch.zeros(paths, 1, 2, dtype=torch.float64), dw.cumsum(dim=1)], dim=1)
+    x0 = data[:paths]
+    trajectories = x0[:, None] * torch.exp(sde.log_drift * t[None, :, None] + sde.sigma * w)
+    z = torch.randn(data.shape, generator=g, dtype=torch.float64)
+    end = sde.perturb(data, torch.full((points,), sde.T, dtype=torch.float64), z)
+    logs = data.log()
+    m = (logs.mean(dim=0) + sde.log_drift * sde.T).numpy()
+    s = (sde.sigma**2 * sde.T + logs.var(dim=0, unbiased=False)).sqrt().numpy()
+
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.3))
+    axes[0].scatter(*data.numpy().T, s=2, alpha=0.5)
+    axes[0].set_title("data: positive two spirals")
+    for path in trajectories.numpy():
+        axes[1].plot(*path.T, lw=0.5, alpha=0.6)
+    axes[1].scatter(*x0.numpy().T, s=6, c="k", zorder=3, label="$x_0$")
+    axes[1].set_xscale("log")
+    axes[1].set_yscale("log")
+    axes[1].set_title("GBM forward paths $dX = \\mu X dt + \\sigma X dW$")
+    axes[1].legend(fontsize=7)
+    lo, hi = np.quantile(end.numpy(), [0.005, 0.995])
+    u = np.geomspace(max(lo, 1e-3), hi, 200)
+    uu, vv = np.meshgrid(u, u)
+    density = (np.exp(-0.5 * ((np.log(uu) - m[0]) / s[0]) ** 2 - 0.5 * ((np.log(vv) - m[1]) / s[1]) ** 2)
+               / (2 * math.pi * s[0] * s[1] * uu * vv))
+    axes[2].contour(uu, vv, np.log(density + 1e-12), levels=12, cmap="viridis", linewidths=0.7)
+    axes[2].scatter(*end.numpy().T, s=2, alpha=0.4, c="tab:red", label="$x_T$")
+    axes[2].set_xscale("log")
+    axes[2].set_yscale("log")
+    axes[2].set_title("$x_T$ and the log-normal end density")
+    axes[2].legend(fontsize=7)
+    for ax in axes:
+        ax.set_xlabel("$x_1$")
+        ax.set_ylabel("$x_2$")
+    save(fig, png)
+
+
+def metric_vs_nfe(runs: pd.DataFrame, png: Path) -> None:
+    """FID and KID (mean ± std over seeds) against NFE, one panel per dataset and metric."""
+    datasets = list(dict.fromkeys(runs["dataset"]))
+    fig, axes = plt.subplots(2, len(datasets), figsize=(4.2 * len(datasets), 6), squeeze=False)
+    runs = runs.assign(label=runs["method"] + " / " + runs["sampler"])
+    for col, dataset in enumerate(datasets):
+        subset = runs[runs["dataset"] == dataset]
+        for row, (metric, name) in enumerate((("fid", "FID"), ("kid", "KID"))):
+            ax = axes[row][col]
+            for label, group in subset.groupby("label", sort=True):
+                stats = group.groupby("nfe")[metric].agg(["mean", "std"]).reset_index().sort_values("nfe")
+                ax.errorbar(stats["nfe"], stats["mean"], yerr=stats["std"].fillna(0), marker="o", ms=3,
+                            capsize=2, label=label)
+            ax.set_xscale("log")
+            ax.set_xlabel("NFE per sample")
+            ax.set_ylabel(name)
+            ax.set_title(f"{dataset}: {name} vs NFE (N = {int(subset['n'].max()) if subset['n'].notna().any() else '?'})")
+            ax.grid(alpha=0.3)
+        axes[0][col].legend(fontsize=7)
+    fig.tight_layout()
+    save(fig, png)
+
+
+def loss_curves(loss_csvs: list[Path], png: Path, window: int = 25) -> None:
+    """Training loss per dataset (rows) and method (columns), one line per seed (running mean)."""
+    frames = []
+    for path in loss_csvs:
+        run_dir = Path(path).parent
+        seed_dir = run_dir.parent
+        frame = pd.read_csv(path)
+        frames.append(frame.assign(dataset=seed_dir.parent.parent.name, method=seed_dir.parent.name,
+                                   seed=seed_dir.name))
+    losses = pd.concat(frames)
+    datasets = list(dict.fromkeys(losses["dataset"]))
+    methods = list(dict.fromkeys(losses["method"]))
+    fig, axes = plt.subplots(len(datasets), len(methods), figsize=(3.6 * len(methods), 2.6 * len(datasets)),
+                             squeeze=False)
+    for r, dataset in enumerate(datasets):
+        for c, method in enumerate(methods):
+            ax = axes[r][c]
+            subset = losses[(losses["dataset"] == dataset) & (losses["method"] == method)]
+            for seed, group in subset.groupby("seed"):
+                smooth = group["loss"].rolling(window, min_periods=1).mean()
+                ax.plot(group["step"], smooth, lw=1, label=seed)
+            ax.set_yscale("log")
+            ax.set_title(f"{dataset} · {method}")
+            ax.set_xlabel("step")
+            ax.set_ylabel("loss (running mean)")
+            ax.legend(fontsize=7)
+            ax.grid(alpha=0.3)
+    fig.tight_layout()
+    save(fig, png)
+
+
+def trajectory_figure(snapshots: dict[str, tuple[np.ndarray, list[float]]], png: Path, title: str) -> None:
+    """Rows: samplers; columns: snapshots (uint8 images, (S, N, C, H, W)) at the listed times."""
+    fig, axes = plt.subplots(len(snapshots), 1, figsize=(1.3 * len(next(iter(snapshots.values()))[1]) + 1,
+                                                          1.6 * len(snapshots) * 1.5), squeeze=False)
+    for ax, (sampler, (frames, times)) in zip(axes[:, 0], snapshots.items()):
+        per_image = np.concatenate([frames[:, i] for i in range(frames.shape[1])])  # row per image
+        _show(ax, tile(per_image, cols=frames.shape[0]))
+        ax.set_title(f"{sampler}: t = " + ", ".join(f"{t:.2f}" for t in times), fontsize=8)
+    fig.suptitle(title, y=1.0)
+    save(fig, png)

@@ -1,0 +1,183 @@
+"""Aggregation of per-run metrics into one tidy table, and the paper tables (CSV, Markdown, LaTeX).
+
+``aggregate`` reads each evaluated sampler's ``metrics.json`` (from ``gbm score``) and ``samples.json``
+(from ``gbm sample``) into one row per run; ``benchmark_table`` groups rows by dataset × method × sampler ×
+step count and reports FID and KID as mean ± std over training seeds, with N, NFE and the reference split.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from gbm.pipeline.files import write_text_atomic
+
+GROUP = ["dataset", "method", "sampler", "steps"]
+
+
+def _pick(values: dict, *names, default=None):
+    """The first of ``names`` present in ``values`` (nested keys as ``a.b``)."""
+    for name in names:
+        node = values
+        for part in name.split("."):
+            if not isinstance(node, dict) or part not in node:
+                break
+            node = node[part]
+        else:
+            return node
+    return default
+
+
+def evaluation_row(metrics_path: Path) -> dict:
+    """One tidy row for ``results/{dataset}/{method}/seed{seed}/{sampler}/steps{K}/metrics.json``."""
+    metrics_path = Path(metrics_path)
+    eval_dir = metrics_path.parent
+    seed_dir = eval_dir.parent.parent
+    metrics = json.loads(metrics_path.read_text())
+    stats_path = eval_dir / "samples.json"
+    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
+    kid = _pick(metrics, "kid", default=None)
+    return {
+        "dataset": seed_dir.parent.parent.name,
+        "method": seed_dir.parent.name,
+        "seed": int(seed_dir.name.removeprefix("seed")),
+        "sampler": eval_dir.parent.name,
+        "sampler_method": _pick(stats, "sampler", default=eval_dir.parent.name),
+        "steps": int(eval_dir.name.removeprefix("steps")),
+        "nfe": _pick(stats, "nfe", "meta.nfe"),
+        "n": _pick(metrics, "n_fake", "n", "counts.fake", "num_fake", "n_samples"),
+        "n_reference": _pick(metrics, "n_real", "counts.real", "num_real", "n_reference"),
+        "reference_split": _pick(metrics, "real_split", "reference_split", "split", default="test"),
+        "fid": _pick(metrics, "fid", "FID"),
+        "kid": _pick(metrics, "kid_mean", "kid.mean", "KID") if not isinstance(kid, (int, float)) else kid,
+        "kid_subset_std": _pick(metrics, "kid_std", "kid.std"),
+        "precision": _pick(metrics, "precision"),
+        "recall": _pick(metrics, "recall"),
+        "feature_extractor": _pick(metrics, "feature_extractor", "extractor"),
+        "library": _pick(metrics, "library"),
+        "fraction_clamped": _pick(stats, "fraction_clamped"),
+        "fraction_negative": _pick(stats, "fraction_negative"),
+        "sample_wall_s": _pick(stats, "wall_time_s", "wall_time", "wall_s"),
+        "score_wall_s": _pick(metrics, "wall_time_s", "wall_time", "wall_s"),
+        "path": str(eval_dir),
+    }
+
+
+def aggregate(metrics_paths: list[Path]) -> pd.DataFrame:
+    if not metrics_paths:
+        raise ValueError("metrics: no metrics.json files given")
+    rows = [evaluation_row(Path(p)) for p in metrics_paths]
+    return pd.DataFrame(rows).sort_values(GROUP + ["seed"]).reset_index(drop=True)
+
+
+def _mean_std(values: pd.Series) -> tuple[float, float]:
+    values = values.dropna().astype(float)
+    if values.empty:
+        return math.nan, math.nan
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+def benchmark_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Mean ± std over seeds per dataset × method × sampler × step count."""
+    rows = []
+    for key, group in runs.groupby(GROUP, sort=False):
+        fid_mean, fid_std = _mean_std(group["fid"])
+        kid_mean, kid_std = _mean_std(group["kid"])
+        rows.append(dict(zip(GROUP, key), nfe=group["nfe"].dropna().mean() if group["nfe"].notna().any() else math.nan,
+                         n=group["n"].iloc[0], reference_split=group["reference_split"].iloc[0],
+                         seeds=len(group), fid_mean=fid_mean, fid_std=fid_std, kid_mean=kid_mean, kid_std=kid_std))
+    return pd.DataFrame(rows)
+
+
+def floor_table(floor_paths: list[Path]) -> pd.DataFrame:
+    rows = []
+    for path in floor_paths:
+        path = Path(path)
+        values = json.loads(path.read_text())
+        rows.append({
+            "dataset": _pick(values, "dataset", "name", default=path.parent.name),
+            "split": _pick(values, "split", "fake_split", default="train"),
+            "reference_split": _pick(values, "reference_split", "real_split", default="test"),
+            "n": _pick(values, "n", "n_fake", "counts.fake"),
+            "fid": _pick(values, "fid", "FID"),
+            "kid": _pick(values, "kid_mean", "kid.mean"),
+            "kid_subset_std": _pick(values, "kid_std", "kid.std"),
+        })
+    return pd.DataFrame(rows)
+
+
+def _pm(mean: float, std: float, digits: int, latex: bool = False) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "n/a"
+    pm = r" $\pm$ " if latex else " ± "
+    spread = "–" if std is None or math.isnan(std) else f"{std:.{digits}f}"
+    return f"{mean:.{digits}f}{pm}{spread}"
+
+
+def _display(table: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
+    return pd.DataFrame({
+        "Dataset": table["dataset"],
+        "Method": table["method"],
+        "Sampler": table["sampler"],
+        "Steps": table["steps"].astype(int),
+        "NFE": table["nfe"].map(lambda v: "n/a" if pd.isna(v) else f"{v:.0f}"),
+        "N": table["n"].map(lambda v: "n/a" if pd.isna(v) else f"{int(v)}"),
+        "Ref.": table["reference_split"],
+        "Seeds": table["seeds"],
+        "FID": [_pm(m, s, 2, latex) for m, s in zip(table["fid_mean"], table["fid_std"])],
+        "KID ×10³": [_pm(1e3 * m, 1e3 * s, 2, latex) for m, s in zip(table["kid_mean"], table["kid_std"])],
+    })
+
+
+def _floor_display(floor: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        "Dataset": floor["dataset"],
+        "Split vs ref.": floor["split"].astype(str) + " vs " + floor["reference_split"].astype(str),
+        "N": floor["n"],
+        "FID": floor["fid"].map(lambda v: "n/a" if v is None or pd.isna(v) else f"{v:.2f}"),
+        "KID ×10³": floor["kid"].map(lambda v: "n/a" if v is None or pd.isna(v) else f"{1e3 * v:.2f}"),
+    })
+
+
+def markdown(table: pd.DataFrame, caption: str) -> str:
+    header = "| " + " | ".join(table.columns) + " |"
+    rule = "|" + "|".join("---" for _ in table.columns) + "|"
+    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([f"{caption}\n", header, rule, *body]) + "\n"
+
+
+def latex(table: pd.DataFrame, caption: str, label: str) -> str:
+    def cell(value) -> str:
+        text = str(value).replace("_", r"\_").replace("×10³", r"$\times 10^3$").replace("–", "--")
+        return text
+
+    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{cell(caption)}}}", rf"\label{{{label}}}",
+             r"\begin{tabular}{" + "l" * 3 + "r" * (len(table.columns) - 3) + "}", r"\toprule",
+             " & ".join(cell(c) for c in table.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(cell(v) for v in row) + r" \\" for row in table.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(runs: pd.DataFrame, floor: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
+    """benchmark.{csv,md,tex} and floor.{csv,md,tex} under ``out_dir``; returns the paths written."""
+    out_dir = Path(out_dir)
+    table = benchmark_table(runs)
+    n = ", ".join(sorted({str(int(v)) for v in table["n"].dropna()})) or "n/a"
+    caption = (f"Benchmark '{name}': FID and KID (mean ± std over training seeds) with N = {n} samples per "
+               f"sampler against the reference split; TF-Inception pool3 features.")
+    floor_caption = f"Real-vs-real floor (benchmark '{name}'): the same N and feature extractor."
+    written = {
+        "benchmark.csv": table.to_csv(index=False),
+        "benchmark.md": markdown(_display(table), caption),
+        "benchmark.tex": latex(_display(table, latex=True), caption.replace("±", r"$\pm$"), "tab:benchmark"),
+        "floor.csv": floor.to_csv(index=False),
+        "floor.md": markdown(_floor_display(floor), floor_caption),
+        "floor.tex": latex(_floor_display(floor), floor_caption, "tab:floor"),
+    }
+    for filename, text in written.items():
+        write_text_atomic(out_dir / filename, text)
+    return [out_dir / f for f in written]

@@ -1,0 +1,76 @@
+"""Where the benchmark's wall time went: training, sampling and feature extraction versus overhead.
+
+Snakemake's ``benchmark:`` files give each job's wall time and (from their modification time) when it
+ended; the ``gbm`` commands report the seconds they spent in the work itself (training loop, sampler,
+Inception features). Overhead is the pipeline's wall time minus that work: process start-up, imports,
+data loading, scheduling, tables, figures, MLflow. With ``--cores 2`` every compute job takes both cores,
+so compute jobs run one at a time and the subtraction is exact; with parallel jobs it is a lower bound.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from gbm.pipeline.tables import _pick
+
+WALL_KEYS = ("wall_time_s", "wall_seconds", "wall_s", "wall_time", "seconds", "time_s")
+
+
+def _seconds(path: Path, *prefixes: str) -> float:
+    if not path.is_file():
+        return 0.0
+    values = json.loads(path.read_text())
+    names = [f"{p}.{k}" if p else k for p in (*prefixes, "") for k in WALL_KEYS]
+    value = _pick(values, *names, default=0.0)
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
+def job_times(results: Path) -> list[dict]:
+    """One entry per finished job: rule, name, wall seconds, end time (epoch)."""
+    jobs = []
+    for tsv in sorted((Path(results) / "benchmarks").glob("*/*.tsv")):
+        lines = tsv.read_text().splitlines()
+        if len(lines) < 2:
+            continue
+        header, values = lines[0].split("\t"), lines[1].split("\t")
+        seconds = float(dict(zip(header, values))["s"])
+        jobs.append({"rule": tsv.parent.name, "job": tsv.stem, "seconds": seconds, "end": tsv.stat().st_mtime})
+    return jobs
+
+
+def compute_seconds(results: Path) -> dict[str, float]:
+    """Seconds the gbm commands spent training, sampling and extracting features."""
+    results = Path(results)
+    train = sum(_seconds(p, "training") for p in results.glob("*/*/seed*/run/train_metrics.json"))
+    sample = sum(_seconds(p) for p in results.glob("*/*/seed*/*/steps*/samples.json"))
+    features = sum(_seconds(p, "timing", "features") for p in results.glob("*/*/seed*/*/steps*/metrics.json"))
+    features += sum(_seconds(p, "timing", "features") for p in results.glob("*/floor.json"))
+    features += sum(_seconds(p, "timing", "features") for p in results.glob("*/*/seed*/*/steps*/neighbours.json"))
+    return {"training": train, "sampling": sample, "feature_extraction": features}
+
+
+def timing_report(results: Path) -> dict:
+    jobs = job_times(results)
+    if not jobs:
+        raise ValueError(f"results: no Snakemake benchmark files under {Path(results) / 'benchmarks'}")
+    start = min(j["end"] - j["seconds"] for j in jobs)
+    wall = time.time() - start
+    compute = compute_seconds(results)
+    work = sum(compute.values())
+    per_rule: dict[str, dict] = {}
+    for job in jobs:
+        entry = per_rule.setdefault(job["rule"], {"jobs": 0, "seconds": 0.0})
+        entry["jobs"] += 1
+        entry["seconds"] += job["seconds"]
+    return {
+        "wall_seconds": wall,
+        "compute_seconds": compute,
+        "overhead_seconds": wall - work,
+        "overhead_share": (wall - work) / wall if wall > 0 else None,
+        "jobs": len(jobs),
+        "per_rule": per_rule,
+        "note": "wall time from the first job's start to this job; Snakemake's start-up before the first job "
+                "is not included (add it from the shell's own timing)",
+    }

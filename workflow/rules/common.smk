@@ -1,0 +1,105 @@
+# Configuration validation (before any job runs), input functions and the command prefixes the rules use.
+
+import os
+import shlex
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+sys.path.insert(0, workflow.basedir)
+
+from gbm.pipeline.config import (  # noqa: E402
+    check_config,
+    evaluations,
+    sampler_name,
+    sampler_options,
+    training_overrides,
+    with_defaults,
+)
+
+check_config(config)  # named-key messages: "config key 'methods.vp.samplers.em.steps[0]': ..."
+validate(config, "../schemas/config.schema.yaml", set_default=True)
+config.update(with_defaults(config))
+
+EVALUATIONS = list(evaluations(config))
+DATASETS = config["datasets"]
+METHODS = list(config["methods"])
+SEEDS = config["seeds"]
+THREADS = config["threads"]
+NEIGHBOUR_SEED = SEEDS[0]
+
+_bin = Path(sys.executable).parent
+GBM = str(_bin / "gbm") if (_bin / "gbm").exists() else "gbm"
+# Holds one free GPU (lock file per device) for the command; CPU when there is none.
+WITH_DEVICE = f"{shlex.quote(sys.executable)} -m gbm.pipeline.devices --"
+# Compute jobs use exactly their declared threads.
+THREADS_ENV = "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads};"
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    method="|".join(METHODS),
+    seed=r"\d+",
+    sampler=r"[a-z0-9]+(-[a-z0-9]+)*",
+    steps=r"\d+",
+
+
+def run_dir(wildcards):
+    return f"results/{wildcards.dataset}/{wildcards.method}/seed{wildcards.seed}/run"
+
+
+def train_set_args(wildcards):
+    overrides = training_overrides(config, wildcards.dataset, wildcards.method, int(wildcards.seed))
+    return " ".join(f"--set {shlex.quote(o)}" for o in overrides)
+
+
+def sample_args(wildcards):
+    options = sampler_options(config, wildcards.dataset, wildcards.method, wildcards.sampler)
+    args = ["--sampler", sampler_name(config, wildcards.method, wildcards.sampler)]
+    for key, value in options.items():
+        args += [f"--{key.replace('_', '-')}", str(value)]
+    return " ".join(shlex.quote(a) for a in args)
+
+
+def evaluation_dirs(dataset=None, method=None, seed=None):
+    return [
+        e.directory
+        for e in EVALUATIONS
+        if (dataset is None or e.dataset == dataset)
+        and (method is None or e.method == method)
+        and (seed is None or e.seed == int(seed))
+    ]
+
+
+def shown_evaluations():
+    """One evaluation per dataset x method x sampler for the image figures: first seed, most steps."""
+    shown = {}
+    for e in EVALUATIONS:
+        if e.seed == NEIGHBOUR_SEED:
+            key = (e.dataset, e.method, e.sampler)
+            if key not in shown or e.steps > shown[key].steps:
+                shown[key] = e
+    return list(shown.values())
+
+
+def figure_stem(e):
+    return f"{e.dataset}_{e.method}_{e.sampler}"
+
+
+def all_targets():
+    targets = [
+        "results/tables/benchmark.csv",
+        "results/tables/floor.csv",
+        "results/figures/fid_kid_vs_nfe.png",
+        "results/figures/training_loss.png",
+        "results/figures/toy_gbm.png",
+        "results/timing.json",
+    ]
+    targets += [f"results/figures/forward_histograms_{d}.png" for d in DATASETS]
+    targets += [f"results/figures/samples/{figure_stem(e)}.png" for e in shown_evaluations()]
+    targets += [f"results/figures/neighbours/{figure_stem(e)}.png" for e in shown_evaluations()]
+    if "gbm" in METHODS:
+        targets += [f"results/figures/trajectories_{d}.png" for d in DATASETS]
+    targets += [f"results/{d}/{m}/seed{s}/mlflow.json" for d in DATASETS for m in METHODS for s in SEEDS]
+    return targets

@@ -1,0 +1,73 @@
+# Evaluation of every trained model: sample (sampler x step count), score (FID/KID against the
+# reference split; reference statistics are cached by `gbm score`), nearest neighbours for the figure.
+
+
+rule sample:
+    input:
+        model="results/{dataset}/{method}/seed{seed}/run/model.pt",
+    output:
+        samples="results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/samples.npz",
+        stats="results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/samples.json",
+    params:
+        run_dir=run_dir,
+        sampler=sample_args,
+        n=config["evaluation"]["n_samples"],
+        batch_size=config["evaluation"]["batch_size"],
+    log:
+        "results/logs/sample/{dataset}_{method}_seed{seed}_{sampler}_steps{steps}.log",
+    benchmark:
+        "results/benchmarks/sample/{dataset}_{method}_seed{seed}_{sampler}_steps{steps}.tsv"
+    threads: THREADS
+    resources:
+        gpu=1,
+        mem_mb=config["mem_mb"],
+        runtime=config["runtime"]["sample"],
+    shell:
+        THREADS_ENV + "{WITH_DEVICE} {GBM} sample {params.run_dir} {params.sampler} --steps {wildcards.steps} "
+        "--n {params.n} --batch-size {params.batch_size} --seed-start 0 --out {output.samples} > {log} 2>&1"
+
+
+rule score:
+    input:
+        data="results/data/{dataset}.npz",
+        samples="results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/samples.npz",
+    output:
+        "results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/metrics.json",
+    params:
+        n=config["evaluation"]["n_samples"],
+        split=config["evaluation"]["reference_split"],
+    log:
+        "results/logs/score/{dataset}_{method}_seed{seed}_{sampler}_steps{steps}.log",
+    benchmark:
+        "results/benchmarks/score/{dataset}_{method}_seed{seed}_{sampler}_steps{steps}.tsv"
+    threads: THREADS
+    resources:
+        gpu=1,
+        mem_mb=config["mem_mb"],
+        runtime=config["runtime"]["score"],
+    shell:
+        THREADS_ENV + "{WITH_DEVICE} {GBM} score --real {input.data} --real-split {params.split} "
+        "--fake {input.samples} --n {params.n} --out {output} > {log} 2>&1"
+
+
+rule neighbours:
+    input:
+        data="results/data/{dataset}.npz",
+        samples="results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/samples.npz",
+    output:
+        "results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/neighbours.npz",
+    params:
+        queries=config["evaluation"]["neighbours"]["queries"],
+        k=config["evaluation"]["neighbours"]["k"],
+    log:
+        "results/logs/neighbours/{dataset}_{method}_seed{seed}_{sampler}_steps{steps}.log",
+    benchmark:
+        "results/benchmarks/neighbours/{dataset}_{method}_seed{seed}_{sampler}_steps{steps}.tsv"
+    threads: THREADS
+    resources:
+        gpu=1,
+        mem_mb=config["mem_mb"],
+        runtime=config["runtime"]["score"],
+    shell:
+        THREADS_ENV + "{WITH_DEVICE} {GBM} neighbours --data {input.data} --samples {input.samples} "
+        "--queries {params.queries} --k {params.k} --out {output} > {log} 2>&1"

@@ -1,0 +1,171 @@
+# Aggregation, tables and figures (`gbm report ...`); figures and tables are wrapped in report() so that
+# `snakemake --report results/report.html` shows them with their captions.
+
+
+def pdf(png_paths):
+    return [p.removesuffix(".png") + ".pdf" for p in png_paths]
+
+
+SHOWN = shown_evaluations()
+GRIDS = [f"results/figures/samples/{figure_stem(e)}.png" for e in SHOWN]
+NEIGHBOUR_FIGURES = [f"results/figures/neighbours/{figure_stem(e)}.png" for e in SHOWN]
+FORWARD_FIGURES = [f"results/figures/forward_histograms_{d}.png" for d in DATASETS]
+TRAJECTORY_FIGURES = [f"results/figures/trajectories_{d}.png" for d in DATASETS]
+RUN_DIRS = [f"results/{d}/{m}/seed{s}/run" for d in DATASETS for m in METHODS for s in SEEDS]
+
+
+rule aggregate:
+    input:
+        metrics=[f"{e.directory}/metrics.json" for e in EVALUATIONS],
+        stats=[f"{e.directory}/samples.json" for e in EVALUATIONS],
+    output:
+        "results/tables/metrics.csv",
+    log:
+        "results/logs/report/aggregate.log",
+    benchmark:
+        "results/benchmarks/report/aggregate.tsv"
+    shell:
+        "{GBM} report aggregate {input.metrics} --out {output} > {log} 2>&1"
+
+
+rule tables:
+    input:
+        metrics="results/tables/metrics.csv",
+        floors=expand("results/{dataset}/floor.json", dataset=DATASETS),
+    output:
+        table=report("results/tables/benchmark.csv", caption="../report/table.rst", category="Tables"),
+        markdown="results/tables/benchmark.md",
+        latex="results/tables/benchmark.tex",
+        floor=report("results/tables/floor.csv", caption="../report/floor.rst", category="Tables"),
+        floor_markdown="results/tables/floor.md",
+        floor_latex="results/tables/floor.tex",
+    params:
+        name=config["name"],
+    log:
+        "results/logs/report/tables.log",
+    benchmark:
+        "results/benchmarks/report/tables.tsv"
+    shell:
+        "{GBM} report tables --metrics {input.metrics} --floor {input.floors} --name {params.name} "
+        "--out-dir results/tables > {log} 2>&1"
+
+
+rule figure_samples:
+    input:
+        [f"{e.directory}/samples.npz" for e in SHOWN],
+    output:
+        png=[report(p, caption="../report/samples.rst", category="Samples") for p in GRIDS],
+        pdf=pdf(GRIDS),
+    params:
+        n=config["evaluation"]["grid"],
+    log:
+        "results/logs/report/figure_samples.log",
+    benchmark:
+        "results/benchmarks/report/figure_samples.tsv"
+    shell:
+        "{GBM} report grids --samples {input} --out {output.png} --n {params.n} > {log} 2>&1"
+
+
+rule figure_neighbours:
+    input:
+        [f"{e.directory}/neighbours.npz" for e in SHOWN],
+    output:
+        png=[report(p, caption="../report/neighbours.rst", category="Memorisation") for p in NEIGHBOUR_FIGURES],
+        pdf=pdf(NEIGHBOUR_FIGURES),
+    log:
+        "results/logs/report/figure_neighbours.log",
+    benchmark:
+        "results/benchmarks/report/figure_neighbours.tsv"
+    shell:
+        "{GBM} report neighbours --neighbours {input} --out {output.png} > {log} 2>&1"
+
+
+rule figure_forward:
+    input:
+        expand("results/data/{dataset}.npz", dataset=DATASETS),
+    output:
+        png=[report(p, caption="../report/forward.rst", category="Forward process") for p in FORWARD_FIGURES],
+        pdf=pdf(FORWARD_FIGURES),
+    params:
+        times=" ".join(str(t) for t in config["figures"]["histogram_times"]),
+    log:
+        "results/logs/report/figure_forward.log",
+    benchmark:
+        "results/benchmarks/report/figure_forward.tsv"
+    shell:
+        "{GBM} report forward --data {input} --times {params.times} --out {output.png} > {log} 2>&1"
+
+
+rule figure_trajectories:
+    input:
+        [f"results/{d}/gbm/seed{NEIGHBOUR_SEED}/run/model.pt" for d in DATASETS],
+    output:
+        png=[report(p, caption="../report/trajectories.rst", category="Reverse process") for p in TRAJECTORY_FIGURES],
+        pdf=pdf(TRAJECTORY_FIGURES),
+    params:
+        runs=[f"results/{d}/gbm/seed{NEIGHBOUR_SEED}/run" for d in DATASETS],
+        snapshots=config["figures"]["trajectory_snapshots"],
+        steps=lambda wildcards: max(s for spec in config["methods"]["gbm"]["samplers"].values() for s in spec["steps"]),
+    log:
+        "results/logs/report/figure_trajectories.log",
+    benchmark:
+        "results/benchmarks/report/figure_trajectories.tsv"
+    threads: THREADS
+    resources:
+        gpu=1,
+    shell:
+        THREADS_ENV + "{WITH_DEVICE} {GBM} report trajectories --runs {params.runs} --steps {params.steps} "
+        "--snapshots {params.snapshots} --out {output.png} > {log} 2>&1"
+
+
+rule figure_toy:
+    output:
+        png=report("results/figures/toy_gbm.png", caption="../report/toy.rst", category="Forward process"),
+        pdf="results/figures/toy_gbm.pdf",
+    params:
+        paths=config["figures"]["toy_paths"],
+    log:
+        "results/logs/report/figure_toy.log",
+    benchmark:
+        "results/benchmarks/report/figure_toy.tsv"
+    shell:
+        "{GBM} report toy --paths {params.paths} --out {output.png} > {log} 2>&1"
+
+
+rule figure_nfe:
+    input:
+        "results/tables/metrics.csv",
+    output:
+        png=report("results/figures/fid_kid_vs_nfe.png", caption="../report/nfe.rst", category="Metrics"),
+        pdf="results/figures/fid_kid_vs_nfe.pdf",
+    log:
+        "results/logs/report/figure_nfe.log",
+    benchmark:
+        "results/benchmarks/report/figure_nfe.tsv"
+    shell:
+        "{GBM} report nfe --metrics {input} --out {output.png} > {log} 2>&1"
+
+
+rule figure_loss:
+    input:
+        [f"{r}/loss.csv" for r in RUN_DIRS],
+    output:
+        png=report("results/figures/training_loss.png", caption="../report/loss.rst", category="Training"),
+        pdf="results/figures/training_loss.pdf",
+    log:
+        "results/logs/report/figure_loss.log",
+    benchmark:
+        "results/benchmarks/report/figure_loss.tsv"
+    shell:
+        "{GBM} report loss --loss {input} --out {output.png} > {log} 2>&1"
+
+
+rule timing:
+    input:
+        [t for t in all_targets() if t != "results/timing.json"],
+    output:
+        "results/timing.json",
+    log:
+        "results/logs/report/timing.log",
+    shell:
+        "{GBM} report timing --results results --out {output} > {log} 2>&1"

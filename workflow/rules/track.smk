@@ -1,0 +1,26 @@
+# MLflow: mirror each finished training run and its evaluations into the store (results/mlflow.db).
+# Never fails the pipeline (errors are logged; `gbm mlflow-sync` rebuilds the store from results/).
+
+
+rule track:
+    input:
+        run="results/{dataset}/{method}/seed{seed}/run/train_metrics.json",
+        metrics=lambda wildcards: [
+            f"{d}/metrics.json" for d in evaluation_dirs(wildcards.dataset, wildcards.method, wildcards.seed)
+        ],
+    output:
+        "results/{dataset}/{method}/seed{seed}/mlflow.json",
+    params:
+        seed_dir="results/{dataset}/{method}/seed{seed}",
+        experiment=config["name"],
+    log:
+        "results/logs/track/{dataset}_{method}_seed{seed}.log",
+    benchmark:
+        "results/benchmarks/track/{dataset}_{method}_seed{seed}.tsv"
+    threads: 1
+    resources:
+        mem_mb=2000,
+        runtime=10,
+    shell:
+        "{GBM} mlflow-sync results --experiment {params.experiment} --run {params.seed_dir} --out {output} "
+        "> {log} 2>&1"

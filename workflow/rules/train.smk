@@ -1,0 +1,27 @@
+# Training: one model per dataset x method x seed (one GBM model serves both GBM samplers).
+# Only files are declared as outputs, never the run directory, so an interrupted job's checkpoints
+# survive and the rerun resumes from the latest one (`gbm train` resumes by itself).
+
+
+rule train:
+    input:
+        data="results/data/{dataset}.npz",
+    output:
+        model="results/{dataset}/{method}/seed{seed}/run/model.pt",
+        loss="results/{dataset}/{method}/seed{seed}/run/loss.csv",
+        metrics="results/{dataset}/{method}/seed{seed}/run/train_metrics.json",
+    params:
+        run_dir=run_dir,
+        overrides=train_set_args,
+    log:
+        "results/logs/train/{dataset}_{method}_seed{seed}.log",
+    benchmark:
+        "results/benchmarks/train/{dataset}_{method}_seed{seed}.tsv"
+    threads: THREADS
+    resources:
+        gpu=1,
+        mem_mb=config["mem_mb"],
+        runtime=config["runtime"]["train"],
+    shell:
+        THREADS_ENV + "{WITH_DEVICE} {GBM} train --out {params.run_dir} --set data.path={input.data} "
+        "{params.overrides} > {log} 2>&1"
