@@ -95,6 +95,25 @@ def test_hsm_loss_differs_from_explicit_score_matching_by_a_model_independent_co
     assert shifted - at_exact == pytest.approx(expected, rel=0.15)
 
 
+def test_hsm_loss_is_the_velocity_noise_error():
+    """For point-mass data the exact score is the conditional one: a score off by ``l_t`` (the velocity noise
+    off by 1) costs exactly 1 per coordinate under the ``l_t^-2`` weight."""
+    sde = CLD()
+    point = GaussianMixture(torch.ones(1, dtype=torch.float64), torch.tensor([[0.3, -0.2]], dtype=torch.float64),
+                            torch.zeros(1, dtype=torch.float64))
+    exact = mixture_velocity_score(sde, point)
+
+    def l_t(t):
+        _, (sxx, sxv, svv) = sde.kernel(t.double())
+        return (1 / (svv - sxv**2 / sxx).sqrt())[:, None]
+
+    x0 = point.means.repeat(256, 1)
+    loss = HSMLoss(sde)
+    assert loss(exact, x0, torch.Generator().manual_seed(0)).item() == pytest.approx(0.0, abs=1e-6)
+    off_by_one = loss(lambda u, t: exact(u, t) - l_t(t), x0, torch.Generator().manual_seed(0)).item()
+    assert off_by_one == pytest.approx(2.0, rel=1e-4)
+
+
 def test_score_from_eps_is_the_mixed_score():
     sde = CLD()
     u = torch.randn(3, 2, generator=torch.Generator().manual_seed(0))
