@@ -59,6 +59,20 @@ class ModelConfig:
     hidden: int | None = None
     num_layers: int | None = None
 
+    def __post_init__(self):
+        from gbm.models import PARAMETERISATIONS
+        from gbm.nets import UNET_SIZES
+
+        if self.backbone not in ("unet", "mlp"):
+            raise ValueError(f"model.backbone: unknown backbone {self.backbone!r}; choose 'unet' or 'mlp'")
+        sizes = sorted(UNET_SIZES) if self.backbone == "unet" else ["tiny"]
+        if self.size not in sizes:
+            raise ValueError(f"model.size: unknown size {self.size!r} for the {self.backbone!r} backbone; choose one of {sizes}")
+        if self.parameterisation not in PARAMETERISATIONS:
+            raise ValueError(
+                f"model.parameterisation: unknown {self.parameterisation!r}; choose one of {list(PARAMETERISATIONS)}"
+            )
+
     def backbone_overrides(self) -> dict:
         names = ("hidden", "num_layers") if self.backbone == "mlp" else (
             "channels", "channel_mult", "num_res_blocks", "attention_levels", "dropout")

@@ -31,3 +31,10 @@ class ScoreModel(nn.Module):
         if self.parameterisation == "eps":
             return self.sde.score_from_eps(output, x, t)
         return output
+
+
+def state_shape(sde: SDE, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Shape of one sample of the SDE's state: the data's, or CLD's (x, v) stacked on channels."""
+    if hasattr(sde, "initial_state"):
+        return tuple(sde.initial_state(torch.zeros(1, *shape)).shape[1:])
+    return tuple(shape)

@@ -29,7 +29,7 @@ from gbm import pixels, toy
 from gbm.config import RESUMABLE_KEYS, Config, check_loss_options, diff_keys
 from gbm.ema import EMA
 from gbm.losses import check_training_data, make_loss
-from gbm.models import ScoreModel
+from gbm.models import ScoreModel, state_shape
 from gbm.nets import MLP, MLPConfig, UNet, backbone_record, count_parameters, unet_config
 from gbm.runs import (
     MODEL_FORMAT,
@@ -128,17 +128,12 @@ def _build_backbone(config: Config, sde: SDE, shape: tuple[int, ...]) -> nn.Modu
     if model.backbone == "mlp":
         if len(shape) != 1:
             raise ValueError(f"model.backbone: 'mlp' takes vectors, the data has shape {shape}; use 'unet'")
-        if model.size != "tiny":
-            raise ValueError(f"model.size: the 'mlp' backbone has one size, 'tiny'; got {model.size!r}")
         net_config = MLPConfig(dim=shape[0], out_dim=shape[0], **overrides)
         net_config.check_data_shape(shape)
         return MLP(net_config)
-    if model.backbone != "unet":
-        raise ValueError(f"model.backbone: unknown backbone {model.backbone!r}; choose 'unet' or 'mlp'")
     if len(shape) != 3:
         raise ValueError(f"model.backbone: 'unet' takes images (C, H, W), the data has shape {shape}; use 'mlp'")
-    # An SDE with an extended state (CLD stacks x and v) says how many channels the network sees.
-    in_ch, out_ch = sde.network_channels(shape[0]) if hasattr(sde, "network_channels") else (shape[0], shape[0])
+    in_ch, out_ch = state_shape(sde, shape)[0], shape[0]
     net_config = unet_config(model.size, in_channels=in_ch, out_channels=out_ch, **overrides)
     net_config.check_image_shape((in_ch, *shape[1:]))
     return UNet(net_config)

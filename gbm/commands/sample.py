@@ -68,6 +68,7 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from gbm import pixels
+    from gbm.models import state_shape
     from gbm.runs import atomic_write_bytes, git_revision, load_model, resolve_device, write_json
     from gbm.sampling import SAMPLERS, sample, validate_request
     from gbm.seeding import PerSampleGenerator
@@ -86,7 +87,7 @@ def run(args) -> int:
         options_run = options
 
     shape = tuple(record["data"]["shape"])
-    state_shape = tuple(sde.state_shape(shape)) if hasattr(sde, "state_shape") else shape
+    sample_shape = state_shape(sde, shape)
     space = record["data"]["space"]
     seeds = np.arange(args.seed_start, args.seed_start + args.n, dtype=np.int64)
     outputs, nfes, clamped, negative, negative_seen, values = [], [], 0.0, 0.0, False, 0
@@ -95,9 +96,9 @@ def run(args) -> int:
     for start in range(0, args.n, args.batch_size):
         chunk = seeds[start:start + args.batch_size].tolist()
         generator = PerSampleGenerator(chunk)
-        x_T = sde.prior_sample((len(chunk), *state_shape), noise=generator.randn(state_shape).to(device))
+        x_T = sde.prior_sample((len(chunk), *sample_shape), noise=generator.randn(sample_shape).to(device))
         result = sample(sde, model, x_T, method=args.sampler, steps=args.steps, generator=generator, **options_run)
-        x = result.x.float().cpu()
+        x = (sde.positions(result.x) if hasattr(sde, "positions") else result.x).float().cpu()
         if space == "toy":
             outputs.append(x.numpy())
             fraction = 0.0
