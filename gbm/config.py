@@ -8,6 +8,7 @@ raises ``ValueError`` naming the key path (``train.steps``). The ``sde`` and ``l
 from __future__ import annotations
 
 import inspect
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields
@@ -15,6 +16,23 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML loader that also reads ``1e-4`` (no dot) as a float, as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str):
+    """Parse YAML text with ``_Loader``."""
+    return yaml.load(text, Loader=_Loader)
 
 
 @dataclass(frozen=True)
@@ -193,7 +211,7 @@ def config_from_dict(raw: dict) -> Config:
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     """Apply ``key.path=value`` overrides (values parsed as YAML) to a raw config mapping."""
-    raw = yaml.safe_load(yaml.safe_dump(raw)) or {}
+    raw = parse_yaml(yaml.safe_dump(raw)) or {}
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"--set {item!r}: expected key.path=value")
@@ -205,7 +223,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
             if not isinstance(child, dict):
                 raise ValueError(f"--set {path}: {'.'.join(keys[:depth + 1])} is not a section")
             node = child
-        node[keys[-1]] = yaml.safe_load(text)
+        node[keys[-1]] = parse_yaml(text)
     return raw
 
 
@@ -214,8 +232,7 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config: no such file {str(path)!r}")
-    with open(path) as handle:
-        raw = yaml.safe_load(handle) or {}
+    raw = parse_yaml(path.read_text()) or {}
     return config_from_dict(apply_overrides(raw, list(overrides)))
 
 

@@ -236,8 +236,8 @@ def test_non_positive_data_is_refused_for_gbm(monkeypatch):
 def test_set_overrides_reach_the_config(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data: {toy: two_spirals}\nmodel: {backbone: mlp}\n")
-    config = load_config(path, ["train.steps=7", "sde.name=vp", "model.hidden=16"])
-    assert (config.train.steps, config.sde.name, config.model.hidden) == (7, "vp", 16)
+    config = load_config(path, ["train.steps=7", "sde.name=vp", "model.hidden=16", "train.lr=3e-4"])
+    assert (config.train.steps, config.sde.name, config.model.hidden, config.train.lr) == (7, "vp", 16, 3e-4)
 
 
 def _toy_samples(model, sde, method, n, seed):

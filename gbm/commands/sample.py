@@ -13,7 +13,7 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-import yaml
+from gbm.config import parse_yaml
 
 
 def add_parser(subparsers) -> None:
@@ -48,7 +48,7 @@ def sampler_options(args) -> dict:
         if "=" not in item:
             raise ValueError(f"--option {item!r}: expected KEY=VALUE")
         key, text = item.split("=", 1)
-        options[key.strip().replace("-", "_")] = yaml.safe_load(text)
+        options[key.strip().replace("-", "_")] = parse_yaml(text)
     return options
 
 
