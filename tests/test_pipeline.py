@@ -89,7 +89,9 @@ BAD_CONFIGS = [
     ("methods.vp.samplers.em.steps", [], "methods.vp.samplers.em.steps"),
     ("seeds", [], "seeds"),
     ("seeds", "zero", "seeds"),
-    ("training.steps", "many", "training.steps"),
+    ("train.steps", "many", "train.steps"),
+    ("train.stepz", 5, "train.stepz"),
+    ("model.size", "huge", "model.size"),
     ("evaluation.n_samples", KeyError, "evaluation"),
     ("evaluaton", {}, "evaluaton"),
 ]

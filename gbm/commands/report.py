@@ -44,8 +44,9 @@ def _grids(args) -> int:
 def _neighbours(args) -> int:
     from gbm.pipeline.figures import neighbour_grid
 
-    for neighbours, png in _pairs(args.neighbours, args.out, "neighbours"):
-        neighbour_grid(neighbours, png)
+    pairs = _pairs(args.neighbours, args.out, "neighbours")
+    for (neighbours, png), (samples, data) in zip(pairs, _pairs(args.samples, args.data, "samples")):
+        neighbour_grid(neighbours, samples, data, png, queries=args.queries)
     return 0
 
 
@@ -124,6 +125,9 @@ def add_parser(subparsers) -> None:
 
     p = steps.add_parser("neighbours", help="nearest-neighbour grid figures")
     p.add_argument("--neighbours", nargs="+", required=True, help="files from `gbm neighbours`")
+    p.add_argument("--samples", nargs="+", required=True, help="the sample file of each neighbours file")
+    p.add_argument("--data", nargs="+", required=True, help="the prepared dataset of each neighbours file")
+    p.add_argument("--queries", type=int, default=8, help="generated images shown")
     p.add_argument("--out", nargs="+", required=True)
     p.set_defaults(func=_neighbours)
 

@@ -82,6 +82,7 @@ def check_config(config: dict) -> None:
                         f"config key '{key}.dataset_options.{dataset}': dataset {dataset!r} is not in "
                         f"'datasets' ({', '.join(sorted(datasets))})"
                     )
+    check_training_configs(with_defaults(config))
 
 
 def with_defaults(config: dict) -> dict:
@@ -93,22 +94,24 @@ def with_defaults(config: dict) -> dict:
     runtime = config.setdefault("runtime", {})
     for rule, minutes in (("train", 60), ("sample", 30), ("score", 30)):
         runtime.setdefault(rule, minutes)
-    config.setdefault("network", {})
+    config.setdefault("data_limit", None)
+    config.setdefault("model", {})
     evaluation = config.setdefault("evaluation", {})
     evaluation.setdefault("reference_split", "test")
-    evaluation.setdefault("floor_split", "train")
     evaluation.setdefault("batch_size", 250)
     evaluation.setdefault("grid", 64)
     neighbours = evaluation.setdefault("neighbours", {})
     neighbours.setdefault("queries", 8)
     neighbours.setdefault("k", 5)
+    neighbours.setdefault("training_images", 60000)
     figures = config.setdefault("figures", {})
     figures.setdefault("trajectory_snapshots", 8)
     figures.setdefault("histogram_times", [0.0, 0.05, 0.2, 0.5, 1.0])
     figures.setdefault("toy_paths", 64)
     for spec in config["methods"].values():
         spec.setdefault("sde", {})
-        spec.setdefault("training", {})
+        spec.setdefault("loss", {})
+        spec.setdefault("train", {})
     return config
 
 
@@ -166,19 +169,48 @@ def evaluations(config: dict) -> Iterator[Evaluation]:
                         yield Evaluation(dataset, method, seed, sampler, steps)
 
 
-def training_overrides(config: dict, dataset: str, method: str, seed: int) -> list[str]:
-    """``KEY=VALUE`` overrides that turn the training defaults into this run's ``gbm train`` config."""
+def training_config(config: dict, dataset: str, method: str, seed: int) -> dict:
+    """The ``gbm train`` configuration of one run: shared backbone and budget, the method's SDE and loss."""
     spec = config["methods"][method]
-    overrides = {"data.dataset": dataset, "seed": seed, "sde.name": method}
-    overrides.update({f"sde.{key}": value for key, value in spec["sde"].items()})
-    overrides.update({f"network.{key}": value for key, value in config["network"].items()})
-    training = dict(config["training"])
-    training.update(spec["training"])
-    overrides.update({f"training.{key}": value for key, value in training.items()})
-    return [f"{key}={_format_value(value)}" for key, value in overrides.items()]
+    return {
+        "seed": seed,
+        "data": {"path": f"results/data/{dataset}.npz", "split": "train", "limit": config["data_limit"]},
+        "sde": {"name": method, **spec["sde"]},
+        "model": dict(config["model"]),
+        "loss": dict(spec["loss"]),
+        "train": {**config["train"], **spec["train"]},
+    }
+
+
+def check_training_configs(config: dict) -> None:
+    """Validate every method's training configuration with ``gbm train``'s own checks, naming the key."""
+    from gbm.config import config_from_dict
+
+    for method in config["methods"]:
+        raw = training_config(config, config["datasets"][0], method, config["seeds"][0])
+        try:
+            config_from_dict(raw)
+        except ValueError as error:
+            key, _, message = str(error).partition(": ")
+            raise ConfigError(f"config key '{key}': {message} (training configuration of method {method!r})") from None
+
+
+def training_overrides(config: dict, dataset: str, method: str, seed: int) -> list[str]:
+    """``KEY=VALUE`` overrides that make ``gbm train``'s config for one run (over an empty base file)."""
+    flat: dict = {}
+
+    def walk(prefix: str, node) -> None:
+        if isinstance(node, dict) and node:
+            for key, value in node.items():
+                walk(f"{prefix}.{key}" if prefix else key, value)
+        else:
+            flat[prefix] = node
+
+    walk("", training_config(config, dataset, method, seed))
+    return [f"{key}={_format_value(value)}" for key, value in flat.items()]
 
 
 def _format_value(value: Any) -> str:
     if isinstance(value, (list, tuple, dict)) or value is None or isinstance(value, bool):
-        return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
+        return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
     return str(value)

@@ -70,18 +70,23 @@ def sample_grid(samples_npz: Path, png: Path, n: int = 64) -> None:
     save(fig, png)
 
 
-def neighbour_grid(neighbours_npz: Path, png: Path) -> None:
-    """Queries (first column) with their nearest training images by Inception features and by pixel L2."""
+def neighbour_grid(neighbours_npz: Path, samples_npz: Path, data_npz: Path, png: Path, queries: int = 8) -> None:
+    """Generated images (first column) with their nearest training images by Inception features and pixel L2."""
+    from gbm.data import load_prepared
+
+    train = load_prepared(data_npz).images("train")
+    with np.load(samples_npz) as data:
+        samples = data["images"]
     with np.load(neighbours_npz) as data:
-        queries = data["queries"]
-        panels = [(label, data[key]) for key, label in (("inception", "Inception features"), ("pixel", "pixel L2"))
-                  if key in data]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 0.5 * len(queries) + 0.8), squeeze=False)
-    for ax, (label, neighbours) in zip(axes[0], panels):
-        rows = [np.concatenate([q[None], nb], axis=0) for q, nb in zip(queries, neighbours)]
+        panels = [(label, data[f"{key}_indices"]) for key, label in (("inception", "Inception features"),
+                                                                     ("pixel", "pixel L2")) if f"{key}_indices" in data]
+    count = min(queries, len(panels[0][1]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 0.45 * count + 0.9), squeeze=False)
+    for ax, (label, indices) in zip(axes[0], panels):
+        rows = [np.concatenate([samples[i][None], train[indices[i]]]) for i in range(count)]
         _show(ax, tile(np.concatenate(rows), cols=rows[0].shape[0]))
-        ax.set_title(f"nearest training images by {label}")
-    fig.suptitle(_describe_eval(neighbours_npz), y=1.0)
+        ax.set_title(f"sample | nearest training images\nby {label}")
+    fig.suptitle(_describe_eval(samples_npz), y=1.02)
     save(fig, png)
 
 

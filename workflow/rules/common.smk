@@ -58,7 +58,10 @@ def sample_args(wildcards):
     options = sampler_options(config, wildcards.dataset, wildcards.method, wildcards.sampler)
     args = ["--sampler", sampler_name(config, wildcards.method, wildcards.sampler)]
     for key, value in options.items():
-        args += [f"--{key.replace('_', '-')}", str(value)]
+        if key in ("delta", "inner_steps", "gamma", "final_denoise_steps"):
+            args += [f"--{key.replace('_', '-')}", str(value)]
+        else:
+            args += ["--option", f"{key}={value}"]
     return " ".join(shlex.quote(a) for a in args)
 
 

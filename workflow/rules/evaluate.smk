@@ -30,6 +30,7 @@ rule sample:
 rule score:
     input:
         data="results/data/{dataset}.npz",
+        reference="results/{dataset}/floor.json",  # the cached reference statistics
         samples="results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/samples.npz",
     output:
         "results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/metrics.json",
@@ -58,6 +59,7 @@ rule neighbours:
         "results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/neighbours.npz",
     params:
         queries=config["evaluation"]["neighbours"]["queries"],
+        bank=config["evaluation"]["neighbours"]["training_images"],
         k=config["evaluation"]["neighbours"]["k"],
     log:
         "results/logs/neighbours/{dataset}_{method}_seed{seed}_{sampler}_steps{steps}.log",
@@ -70,4 +72,4 @@ rule neighbours:
         runtime=config["runtime"]["score"],
     shell:
         THREADS_ENV + "{WITH_DEVICE} {GBM} neighbours --data {input.data} --samples {input.samples} "
-        "--queries {params.queries} --k {params.k} --out {output} > {log} 2>&1"
+        "--n {params.queries} --data-limit {params.bank} --k {params.k} --out {output} > {log} 2>&1"

@@ -68,16 +68,21 @@ rule figure_samples:
 
 rule figure_neighbours:
     input:
-        [f"{e.directory}/neighbours.npz" for e in SHOWN],
+        neighbours=[f"{e.directory}/neighbours.npz" for e in SHOWN],
+        samples=[f"{e.directory}/samples.npz" for e in SHOWN],
+        data=[f"results/data/{e.dataset}.npz" for e in SHOWN],
     output:
         png=[report(p, caption="../report/neighbours.rst", category="Memorisation") for p in NEIGHBOUR_FIGURES],
         pdf=pdf(NEIGHBOUR_FIGURES),
+    params:
+        queries=config["evaluation"]["neighbours"]["queries"],
     log:
         "results/logs/report/figure_neighbours.log",
     benchmark:
         "results/benchmarks/report/figure_neighbours.tsv"
     shell:
-        "{GBM} report neighbours --neighbours {input} --out {output.png} > {log} 2>&1"
+        "{GBM} report neighbours --neighbours {input.neighbours} --samples {input.samples} --data {input.data} "
+        "--queries {params.queries} --out {output.png} > {log} 2>&1"
 
 
 rule figure_forward:

@@ -11,6 +11,7 @@ rule train:
         loss="results/{dataset}/{method}/seed{seed}/run/loss.csv",
         metrics="results/{dataset}/{method}/seed{seed}/run/train_metrics.json",
     params:
+        base=os.path.join(workflow.basedir, "workflow", "resources", "train-base.yaml"),
         run_dir=run_dir,
         overrides=train_set_args,
     log:
@@ -23,5 +24,5 @@ rule train:
         mem_mb=config["mem_mb"],
         runtime=config["runtime"]["train"],
     shell:
-        THREADS_ENV + "{WITH_DEVICE} {GBM} train --out {params.run_dir} --set data.path={input.data} "
-        "{params.overrides} > {log} 2>&1"
+        THREADS_ENV + "{WITH_DEVICE} {GBM} train {params.base} --out {params.run_dir} {params.overrides} "
+        "> {log} 2>&1"
