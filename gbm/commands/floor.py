@@ -1,0 +1,45 @@
+"""``gbm floor NAME-or-FILE --n N``: the real-vs-real FID/KID floor, a train subset against the test split.
+
+Reference: the first N test images. Compared set: N training images drawn without replacement with a
+fixed seed (``--seed``, default 0). Every model's score at the same N should be read against this number.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from gbm.commands.score import add_metric_arguments, emit, metric_options
+from gbm.data import DATASETS, load_prepared
+from gbm.metrics import ImageSet, score
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("floor", help="real-vs-real floor: train subset vs test at N images")
+    parser.add_argument("dataset", help=f"prepared dataset file, or a name ({', '.join(DATASETS)}) in --data-dir")
+    parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--data-dir", default="results/data")
+    parser.add_argument("--seed", type=int, default=0)
+    add_metric_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def floor(path: Path, n: int, seed: int = 0, **options) -> dict:
+    """Score N seeded training images against the first N test images of a prepared dataset."""
+    prepared = load_prepared(path)
+    train = prepared.images("train")
+    if not 2 <= n <= min(len(train), len(prepared.images("test"))):
+        raise ValueError(f"--n {n}: need 2 <= n <= {min(len(train), len(prepared.images('test')))} for {path}")
+    chosen = np.sort(np.random.default_rng(seed).choice(len(train), n, replace=False))
+    fake = ImageSet(train[chosen], f"{path}:train[seed {seed}, {n} images]")
+    result = score(ImageSet(prepared.images("test"), f"{path}:test"), fake, n=n, **options)
+    result["floor"] = {"dataset": prepared.meta.get("name"), "n": n, "seed": seed}
+    return result
+
+
+def run(args: argparse.Namespace) -> int:
+    path = Path(args.data_dir) / f"{args.dataset}.npz" if args.dataset in DATASETS else Path(args.dataset)
+    emit(floor(path, args.n, args.seed, **metric_options(args)), args.out)
+    return 0

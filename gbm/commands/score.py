@@ -1,0 +1,47 @@
+"""``gbm score --real A --fake B [--n N]``: FID, KID, precision/recall as JSON (SPEC §8)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from gbm.data.atomic import write_bytes_atomic
+from gbm.metrics import LIBRARIES, score
+from gbm.metrics.features import CLEANFID_MODES
+
+
+def add_metric_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--library", choices=LIBRARIES, default="torch-fidelity")
+    parser.add_argument("--cleanfid-mode", choices=CLEANFID_MODES, default="clean")
+    parser.add_argument("--kid-subsets", type=int, default=100)
+    parser.add_argument("--kid-subset-size", type=int, default=1000, help="shrinks to the smaller set when needed")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-cache", action="store_true", help="do not use or write cached reference features")
+    parser.add_argument("--out", default=None, help="also write the JSON to this file")
+
+
+def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("score", help="FID/KID/precision/recall of generated images against a reference")
+    parser.add_argument("--real", required=True, help="prepared dataset FILE.npz:test, sample .npz, or image folder")
+    parser.add_argument("--fake", required=True, help="sample .npz, prepared dataset FILE.npz:SPLIT, or image folder")
+    parser.add_argument("--real-split", choices=("train", "test"), default=None, help="split of a prepared --real file")
+    parser.add_argument("--n", type=int, default=None, help="use the first N images of each set")
+    add_metric_arguments(parser)
+    parser.set_defaults(func=run)
+
+
+def emit(result: dict, out: str | None) -> None:
+    text = json.dumps(result, indent=2, sort_keys=True)
+    print(text)
+    if out:
+        write_bytes_atomic(out, (text + "\n").encode())
+
+
+def metric_options(args: argparse.Namespace) -> dict:
+    return dict(library=args.library, cleanfid_mode=args.cleanfid_mode, kid_subsets=args.kid_subsets,
+                kid_subset_size=args.kid_subset_size, device=args.device, cache=not args.no_cache)
+
+
+def run(args: argparse.Namespace) -> int:
+    emit(score(args.real, args.fake, n=args.n, real_split=args.real_split, **metric_options(args)), args.out)
+    return 0

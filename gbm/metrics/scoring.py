@@ -1,0 +1,133 @@
+"""FID, KID and precision/recall of a generated set against a reference set (SPEC §8).
+
+- FID: Fréchet distance between Gaussian fits of the 2048-d features, computed by the library that
+  extracted them (torch-fidelity's ``fid_statistics_to_metric`` or clean-fid's ``frechet_distance``).
+  Biased upward at small N: only equal-N numbers compare.
+- KID: unbiased MMD² with the cubic polynomial kernel ``k(x, y) = (x·y / 2048 + 1)^3`` over ``kid_subsets``
+  random subsets (seeded), by torch-fidelity's ``kid_features_to_metric`` (clean-fid reports no std).
+  Subset size: ``min(kid_subset_size, n_real, n_fake)`` — the requested size (default 1000, the common
+  choice) shrinks to the smaller set when fewer images exist, because a subset cannot exceed its set.
+- Precision/recall: k-NN manifolds (Kynkäänniemi et al. 2019, k = ``prc_neighbourhood``, default 3), by
+  torch-fidelity's ``prc_features_to_metric``; reported as null when a set has at most k images.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from importlib.metadata import version
+
+import numpy as np
+import torch
+
+from gbm.metrics.features import check_library, extract_features, extractor_description
+from gbm.metrics.inputs import ImageSet, load_image_set
+from gbm.metrics.reference import reference_features
+
+
+def metrics_from_features(
+    real: np.ndarray,
+    fake: np.ndarray,
+    library: str = "torch-fidelity",
+    *,
+    kid_subsets: int = 100,
+    kid_subset_size: int = 1000,
+    prc_neighbourhood: int = 3,
+    seed: int = 0,
+) -> dict:
+    """FID, KID mean/std, precision, recall from two feature arrays (N x 2048)."""
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    for what, features in (("real", real), ("fake", fake)):
+        if features.ndim != 2 or features.shape[1] != 2048 or len(features) < 2:
+            raise ValueError(f"{what} features: expected (N >= 2, 2048), got {features.shape}")
+    stats = [{"mu": f.astype(np.float64).mean(0), "sigma": np.cov(f.astype(np.float64), rowvar=False)} for f in (real, fake)]
+    if library == "clean-fid":
+        from cleanfid.fid import frechet_distance
+
+        fid = float(frechet_distance(stats[0]["mu"], stats[0]["sigma"], stats[1]["mu"], stats[1]["sigma"]))
+    else:
+        fid = fid_statistics_to_metric(stats[0], stats[1], verbose=False)["frechet_inception_distance"]
+    subset_size = min(kid_subset_size, len(real), len(fake))
+    real_t, fake_t = torch.from_numpy(np.ascontiguousarray(real)), torch.from_numpy(np.ascontiguousarray(fake))
+    with contextlib.redirect_stdout(io.StringIO()):
+        kid = kid_features_to_metric(
+            fake_t, real_t, kid_subsets=kid_subsets, kid_subset_size=subset_size, kid_kernel="poly",
+            kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1, rng_seed=seed, verbose=False,
+        )
+        prc = None
+        if min(len(real), len(fake)) > prc_neighbourhood:
+            prc = prc_features_to_metric(fake_t, real_t, prc_neighborhood=prc_neighbourhood, prc_batch_size=10000,
+                                         save_cpu_ram=True, verbose=False)
+    return {
+        "fid": fid,
+        "kid_mean": kid["kernel_inception_distance_mean"],
+        "kid_std": kid["kernel_inception_distance_std"],
+        "precision": prc["precision"] if prc else None,
+        "recall": prc["recall"] if prc else None,
+        "n_real": len(real),
+        "n_fake": len(fake),
+        "protocol": {
+            "fid": f"Fréchet distance by {library}",
+            "kid": {"estimator": "unbiased MMD^2", "kernel": "cubic polynomial (x.y/d + 1)^3", "subsets": kid_subsets,
+                    "subset_size": subset_size, "seed": seed, "implementation": f"torch-fidelity {version('torch_fidelity')}"},
+            "precision_recall": {"method": "k-NN manifolds (Kynkaanniemi et al. 2019)", "k": prc_neighbourhood,
+                                 "implementation": f"torch-fidelity {version('torch_fidelity')}"},
+        },
+    }
+
+
+def _as_set(value, what: str, split: str | None) -> ImageSet:
+    if isinstance(value, ImageSet):
+        return value
+    if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__"):
+        return load_image_set(value, split)
+    return ImageSet(np.asarray(value.cpu() if isinstance(value, torch.Tensor) else value), what)
+
+
+def score(
+    real,
+    fake,
+    *,
+    n: int | None = None,
+    library: str = "torch-fidelity",
+    cleanfid_mode: str = "clean",
+    real_split: str | None = None,
+    device="auto",
+    cache: bool = True,
+    stats_dir=None,
+    **metric_options,
+) -> dict:
+    """Score ``fake`` against ``real`` (each: ImageSet, uint8 array (N, C, H, W), or a path spec).
+
+    ``n`` takes the first n images of each set. Reference features are cached by content hash unless
+    ``cache`` is False. Returns metrics with sample counts, the feature extractor and the library.
+    """
+    check_library(library, cleanfid_mode)
+    real_set, fake_set = _as_set(real, "real images", real_split), _as_set(fake, "fake images", None)
+    real_set, fake_set = real_set.first(n), fake_set.first(n)
+    from gbm.metrics.features import validate_images
+
+    validate_images(real_set.images, real_set.description)
+    validate_images(fake_set.images, fake_set.description)
+    if real_set.images.shape[1] != fake_set.images.shape[1]:
+        raise ValueError(
+            f"channel counts differ: {real_set.description} has {real_set.images.shape[1]}, "
+            f"{fake_set.description} has {fake_set.images.shape[1]}"
+        )
+    if cache:
+        real_features, cache_state = reference_features(real_set, library, cleanfid_mode=cleanfid_mode, device=device, stats_dir=stats_dir)
+    else:
+        real_features, cache_state = extract_features(real_set.images, library, device=device, cleanfid_mode=cleanfid_mode), "off"
+    fake_features = extract_features(fake_set.images, library, device=device, cleanfid_mode=cleanfid_mode, what=fake_set.description)
+    result = metrics_from_features(real_features, fake_features, library, **metric_options)
+    result.update(
+        real=real_set.description,
+        fake=fake_set.description,
+        library=extractor_description(library, cleanfid_mode)["library"],
+        feature_extractor=extractor_description(library, cleanfid_mode),
+        reference_cache=cache_state,
+    )
+    return result
