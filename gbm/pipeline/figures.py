@@ -11,6 +11,7 @@ import math
 from pathlib import Path
 
 import matplotlib
+import matplotlib.ticker
 
 matplotlib.use("Agg")
 
@@ -104,7 +105,7 @@ def forward_histograms(data_npz: Path, png: Path, times: list[float], images: in
     index = torch.randperm(len(train), generator=g)[:images].numpy()
     x0 = to_positive(torch.as_tensor(train[np.sort(index)])).double()
     sde = GBM().with_prior_from_data(x0)
-    fig, axes = plt.subplots(1, len(times), figsize=(2.2 * len(times), 2.2), sharey=True)
+    fig, axes = plt.subplots(1, len(times), figsize=(2.2 * len(times), 2.2))
     grid = np.linspace(-4, 4.5, 400)
     m, s = float(sde.prior_log_mean[0]), float(sde.prior_log_std[0])
     prior = np.exp(-0.5 * ((grid - m) / s) ** 2) / (s * math.sqrt(2 * math.pi))
@@ -144,7 +145,7 @@ def toy_figure(png: Path, paths: int = 64, points: int = 2000, steps: int = 200,
     m = (logs.mean(dim=0) + sde.log_drift * sde.T).numpy()
     s = (sde.sigma**2 * sde.T + logs.var(dim=0, unbiased=False)).sqrt().numpy()
 
-    fig, axes = plt.subplots(1, 3, figsize=(10, 3.3))
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.5), layout="constrained")
     axes[0].scatter(*data.numpy().T, s=2, alpha=0.5)
     axes[0].set_title("data: positive two spirals")
     for path in trajectories.numpy():
@@ -168,6 +169,8 @@ def toy_figure(png: Path, paths: int = 64, points: int = 2000, steps: int = 200,
     for ax in axes:
         ax.set_xlabel("$x_1$")
         ax.set_ylabel("$x_2$")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     save(fig, png)
 
 
