@@ -230,8 +230,9 @@ def loss_curves(loss_csvs: list[Path], png: Path, window: int = 25) -> None:
 
 def trajectory_figure(snapshots: dict[str, tuple[np.ndarray, list[float]]], png: Path, title: str) -> None:
     """Rows: samplers; columns: snapshots (uint8 images, (S, N, C, H, W)) at the listed times."""
-    fig, axes = plt.subplots(len(snapshots), 1, figsize=(1.3 * len(next(iter(snapshots.values()))[1]) + 1,
-                                                          1.6 * len(snapshots) * 1.5), squeeze=False)
+    frames0 = next(iter(snapshots.values()))[0]
+    width, height = 0.75 * frames0.shape[0] + 0.5, 0.75 * frames0.shape[1] + 0.6
+    fig, axes = plt.subplots(len(snapshots), 1, figsize=(width, height * len(snapshots)), squeeze=False)
     for ax, (sampler, (frames, times)) in zip(axes[:, 0], snapshots.items()):
         per_image = np.concatenate([frames[:, i] for i in range(frames.shape[1])])  # row per image
         _show(ax, tile(per_image, cols=frames.shape[0]))
