@@ -20,6 +20,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--samples", required=True, help="sample .npz or image folder")
     parser.add_argument("--data", required=True, help="prepared dataset FILE.npz (train split unless FILE.npz:test)")
     parser.add_argument("--k", type=int, default=5)
+    parser.add_argument("--n", type=int, default=None, help="only the first N generated images (default: all)")
+    parser.add_argument("--data-limit", type=int, default=None,
+                        help="search only the first N training images (CPU-sized runs; default: all)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--library", choices=LIBRARIES, default="torch-fidelity")
     parser.add_argument("--device", default="auto")
@@ -27,8 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    samples = load_image_set(args.samples)
+    samples = load_image_set(args.samples).first(args.n)
     data = load_image_set(args.data, "train")
+    data = data.first(min(args.data_limit, len(data.images))) if args.data_limit else data
     if samples.images.shape[1:] != data.images.shape[1:]:
         raise ValueError(f"samples {samples.images.shape[1:]} and data {data.images.shape[1:]} differ in shape")
     train_features, _ = reference_features(data, args.library, device=args.device)
