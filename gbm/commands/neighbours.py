@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 
 import numpy as np
 
@@ -35,12 +36,15 @@ def run(args: argparse.Namespace) -> int:
     data = data.first(min(args.data_limit, len(data.images))) if args.data_limit else data
     if samples.images.shape[1:] != data.images.shape[1:]:
         raise ValueError(f"samples {samples.images.shape[1:]} and data {data.images.shape[1:]} differ in shape")
+    began = time.perf_counter()
     train_features, _ = reference_features(data, args.library, device=args.device)
     sample_features = extract_features(samples.images, args.library, device=args.device, what=samples.description)
+    features_seconds = time.perf_counter() - began
     inception = nearest_neighbours(sample_features, train_features, args.k)
     pixel = nearest_neighbours(samples.images.astype(np.float32) / 255, data.images.astype(np.float32) / 255, args.k)
     meta = {"samples": samples.description, "data": data.description, "k": args.k,
-            "feature_extractor": extractor_description(args.library), "pixel_metric": "L2 on pixels / 255"}
+            "feature_extractor": extractor_description(args.library), "pixel_metric": "L2 on pixels / 255",
+            "timing": {"features_s": features_seconds}}
     with atomic_path(args.out) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, inception_indices=inception[0], inception_distances=inception[1],

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import time
 from importlib.metadata import version
 
 import numpy as np
@@ -117,11 +118,13 @@ def score(
             f"channel counts differ: {real_set.description} has {real_set.images.shape[1]}, "
             f"{fake_set.description} has {fake_set.images.shape[1]}"
         )
+    began = time.perf_counter()
     if cache:
         real_features, cache_state = reference_features(real_set, library, cleanfid_mode=cleanfid_mode, device=device, stats_dir=stats_dir)
     else:
         real_features, cache_state = extract_features(real_set.images, library, device=device, cleanfid_mode=cleanfid_mode), "off"
     fake_features = extract_features(fake_set.images, library, device=device, cleanfid_mode=cleanfid_mode, what=fake_set.description)
+    features_seconds = time.perf_counter() - began
     result = metrics_from_features(real_features, fake_features, library, **metric_options)
     result.update(
         real=real_set.description,
@@ -129,5 +132,6 @@ def score(
         library=extractor_description(library, cleanfid_mode)["library"],
         feature_extractor=extractor_description(library, cleanfid_mode),
         reference_cache=cache_state,
+        timing={"features_s": features_seconds},
     )
     return result

@@ -13,9 +13,11 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
+
 from gbm.pipeline.tables import _pick
 
-WALL_KEYS = ("wall_time_s", "wall_seconds", "wall_s", "wall_time", "seconds", "time_s")
+WALL_KEYS = ("wall_time_s", "features_s")
 
 
 def _seconds(path: Path, *prefixes: str) -> float:
@@ -45,9 +47,12 @@ def compute_seconds(results: Path) -> dict[str, float]:
     results = Path(results)
     train = sum(_seconds(p, "training") for p in results.glob("*/*/seed*/run/train_metrics.json"))
     sample = sum(_seconds(p) for p in results.glob("*/*/seed*/*/steps*/samples.json"))
-    features = sum(_seconds(p, "timing", "features") for p in results.glob("*/*/seed*/*/steps*/metrics.json"))
-    features += sum(_seconds(p, "timing", "features") for p in results.glob("*/floor.json"))
-    features += sum(_seconds(p, "timing", "features") for p in results.glob("*/*/seed*/*/steps*/neighbours.json"))
+    features = sum(_seconds(p, "timing") for p in results.glob("*/*/seed*/*/steps*/metrics.json"))
+    features += sum(_seconds(p, "timing") for p in results.glob("*/floor.json"))
+    for path in results.glob("*/*/seed*/*/steps*/neighbours.npz"):
+        with np.load(path) as archive:
+            meta = json.loads(str(archive["meta"])) if "meta" in archive else {}
+        features += float(_pick(meta, "timing.features_s", default=0.0))
     return {"training": train, "sampling": sample, "feature_extraction": features}
 
 

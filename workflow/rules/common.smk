@@ -29,12 +29,10 @@ SEEDS = config["seeds"]
 THREADS = config["threads"]
 NEIGHBOUR_SEED = SEEDS[0]
 
-_bin = Path(sys.executable).parent
-GBM = str(_bin / "gbm") if (_bin / "gbm").exists() else "gbm"
-# Holds one free GPU (lock file per device) for the command; CPU when there is none.
-WITH_DEVICE = f"{shlex.quote(sys.executable)} -m gbm.pipeline.devices --"
-# Compute jobs use exactly their declared threads.
-THREADS_ENV = "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads};"
+# Jobs run `gbm` and `python` from the environment Snakemake runs in. Compute jobs use exactly their
+# declared threads and hold one GPU for their command through `python -m gbm.pipeline.devices --` (a lock
+# file per device; CPU when there is none).
+os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 
 
 wildcard_constraints:
@@ -88,6 +86,18 @@ def shown_evaluations():
 
 def figure_stem(e):
     return f"{e.dataset}_{e.method}_{e.sampler}"
+
+
+def pdf(png_paths):
+    return [p.removesuffix(".png") + ".pdf" for p in png_paths]
+
+
+SHOWN = shown_evaluations()
+GRIDS = [f"results/figures/samples/{figure_stem(e)}.png" for e in SHOWN]
+NEIGHBOUR_FIGURES = [f"results/figures/neighbours/{figure_stem(e)}.png" for e in SHOWN]
+FORWARD_FIGURES = [f"results/figures/forward_histograms_{d}.png" for d in DATASETS]
+TRAJECTORY_FIGURES = [f"results/figures/trajectories_{d}.png" for d in DATASETS]
+RUN_DIRS = [f"results/{d}/{m}/seed{s}/run" for d in DATASETS for m in METHODS for s in SEEDS]
 
 
 def all_targets():

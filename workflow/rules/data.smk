@@ -15,7 +15,7 @@ rule prepare_data:
         mem_mb=4000,
         runtime=30,
     shell:
-        "{GBM} prepare-data {wildcards.dataset} --out {output} {params.source} > {log} 2>&1"
+        "gbm prepare-data {wildcards.dataset} --out {output} {params.source} > {log} 2>&1"
 
 
 rule floor:
@@ -37,4 +37,5 @@ rule floor:
         mem_mb=config["mem_mb"],
         runtime=config["runtime"]["score"],
     shell:
-        THREADS_ENV + "{WITH_DEVICE} {GBM} floor {input.data} --n {params.n} --out {output} > {log} 2>&1"
+        "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
+        "python -m gbm.pipeline.devices -- gbm floor {input.data} --n {params.n} --out {output} > {log} 2>&1"

@@ -23,7 +23,8 @@ rule sample:
         mem_mb=config["mem_mb"],
         runtime=config["runtime"]["sample"],
     shell:
-        THREADS_ENV + "{WITH_DEVICE} {GBM} sample {params.run_dir} {params.sampler} --steps {wildcards.steps} "
+        "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
+        "python -m gbm.pipeline.devices -- gbm sample {params.run_dir} {params.sampler} --steps {wildcards.steps} "
         "--n {params.n} --batch-size {params.batch_size} --seed-start 0 --out {output.samples} > {log} 2>&1"
 
 
@@ -47,7 +48,8 @@ rule score:
         mem_mb=config["mem_mb"],
         runtime=config["runtime"]["score"],
     shell:
-        THREADS_ENV + "{WITH_DEVICE} {GBM} score --real {input.data} --real-split {params.split} "
+        "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
+        "python -m gbm.pipeline.devices -- gbm score --real {input.data} --real-split {params.split} "
         "--fake {input.samples} --n {params.n} --out {output} > {log} 2>&1"
 
 
@@ -71,5 +73,6 @@ rule neighbours:
         mem_mb=config["mem_mb"],
         runtime=config["runtime"]["score"],
     shell:
-        THREADS_ENV + "{WITH_DEVICE} {GBM} neighbours --data {input.data} --samples {input.samples} "
+        "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
+        "python -m gbm.pipeline.devices -- gbm neighbours --data {input.data} --samples {input.samples} "
         "--n {params.queries} --data-limit {params.bank} --k {params.k} --out {output} > {log} 2>&1"

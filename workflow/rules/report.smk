@@ -2,18 +2,6 @@
 # `snakemake --report results/report.html` shows them with their captions.
 
 
-def pdf(png_paths):
-    return [p.removesuffix(".png") + ".pdf" for p in png_paths]
-
-
-SHOWN = shown_evaluations()
-GRIDS = [f"results/figures/samples/{figure_stem(e)}.png" for e in SHOWN]
-NEIGHBOUR_FIGURES = [f"results/figures/neighbours/{figure_stem(e)}.png" for e in SHOWN]
-FORWARD_FIGURES = [f"results/figures/forward_histograms_{d}.png" for d in DATASETS]
-TRAJECTORY_FIGURES = [f"results/figures/trajectories_{d}.png" for d in DATASETS]
-RUN_DIRS = [f"results/{d}/{m}/seed{s}/run" for d in DATASETS for m in METHODS for s in SEEDS]
-
-
 rule aggregate:
     input:
         metrics=[f"{e.directory}/metrics.json" for e in EVALUATIONS],
@@ -25,7 +13,7 @@ rule aggregate:
     benchmark:
         "results/benchmarks/report/aggregate.tsv"
     shell:
-        "{GBM} report aggregate {input.metrics} --out {output} > {log} 2>&1"
+        "gbm report aggregate {input.metrics} --out {output} > {log} 2>&1"
 
 
 rule tables:
@@ -46,7 +34,7 @@ rule tables:
     benchmark:
         "results/benchmarks/report/tables.tsv"
     shell:
-        "{GBM} report tables --metrics {input.metrics} --floor {input.floors} --name {params.name} "
+        "gbm report tables --metrics {input.metrics} --floor {input.floors} --name {params.name} "
         "--out-dir results/tables > {log} 2>&1"
 
 
@@ -63,7 +51,7 @@ rule figure_samples:
     benchmark:
         "results/benchmarks/report/figure_samples.tsv"
     shell:
-        "{GBM} report grids --samples {input} --out {output.png} --n {params.n} > {log} 2>&1"
+        "gbm report grids --samples {input} --out {output.png} --n {params.n} > {log} 2>&1"
 
 
 rule figure_neighbours:
@@ -81,7 +69,7 @@ rule figure_neighbours:
     benchmark:
         "results/benchmarks/report/figure_neighbours.tsv"
     shell:
-        "{GBM} report neighbours --neighbours {input.neighbours} --samples {input.samples} --data {input.data} "
+        "gbm report neighbours --neighbours {input.neighbours} --samples {input.samples} --data {input.data} "
         "--queries {params.queries} --out {output.png} > {log} 2>&1"
 
 
@@ -98,7 +86,7 @@ rule figure_forward:
     benchmark:
         "results/benchmarks/report/figure_forward.tsv"
     shell:
-        "{GBM} report forward --data {input} --times {params.times} --out {output.png} > {log} 2>&1"
+        "gbm report forward --data {input} --times {params.times} --out {output.png} > {log} 2>&1"
 
 
 rule figure_trajectories:
@@ -119,7 +107,8 @@ rule figure_trajectories:
     resources:
         gpu=1,
     shell:
-        THREADS_ENV + "{WITH_DEVICE} {GBM} report trajectories --runs {params.runs} --steps {params.steps} "
+        "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
+        "python -m gbm.pipeline.devices -- gbm report trajectories --runs {params.runs} --steps {params.steps} "
         "--snapshots {params.snapshots} --out {output.png} > {log} 2>&1"
 
 
@@ -134,7 +123,7 @@ rule figure_toy:
     benchmark:
         "results/benchmarks/report/figure_toy.tsv"
     shell:
-        "{GBM} report toy --paths {params.paths} --out {output.png} > {log} 2>&1"
+        "gbm report toy --paths {params.paths} --out {output.png} > {log} 2>&1"
 
 
 rule figure_nfe:
@@ -148,7 +137,7 @@ rule figure_nfe:
     benchmark:
         "results/benchmarks/report/figure_nfe.tsv"
     shell:
-        "{GBM} report nfe --metrics {input} --out {output.png} > {log} 2>&1"
+        "gbm report nfe --metrics {input} --out {output.png} > {log} 2>&1"
 
 
 rule figure_loss:
@@ -162,7 +151,7 @@ rule figure_loss:
     benchmark:
         "results/benchmarks/report/figure_loss.tsv"
     shell:
-        "{GBM} report loss --loss {input} --out {output.png} > {log} 2>&1"
+        "gbm report loss --loss {input} --out {output.png} > {log} 2>&1"
 
 
 rule timing:
@@ -173,4 +162,4 @@ rule timing:
     log:
         "results/logs/report/timing.log",
     shell:
-        "{GBM} report timing --results results --out {output} > {log} 2>&1"
+        "gbm report timing --results results --out {output} > {log} 2>&1"

@@ -11,7 +11,7 @@ rule track:
     output:
         "results/{dataset}/{method}/seed{seed}/mlflow.json",
     params:
-        seed_dir="results/{dataset}/{method}/seed{seed}",
+        seed_dir=lambda wildcards, output: os.path.dirname(output[0]),
         experiment=config["name"],
     log:
         "results/logs/track/{dataset}_{method}_seed{seed}.log",
@@ -22,5 +22,5 @@ rule track:
         mem_mb=2000,
         runtime=10,
     shell:
-        "{GBM} mlflow-sync results --experiment {params.experiment} --run {params.seed_dir} --out {output} "
+        "gbm mlflow-sync results --experiment {params.experiment} --run {params.seed_dir} --out {output} "
         "> {log} 2>&1"

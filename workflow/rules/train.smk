@@ -24,5 +24,6 @@ rule train:
         mem_mb=config["mem_mb"],
         runtime=config["runtime"]["train"],
     shell:
-        THREADS_ENV + "{WITH_DEVICE} {GBM} train {params.base} --out {params.run_dir} {params.overrides} "
+        "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
+        "python -m gbm.pipeline.devices -- gbm train {params.base} --out {params.run_dir} {params.overrides} "
         "> {log} 2>&1"

@@ -1,0 +1,166 @@
+"""The smoke benchmark end to end on CPU: data -> training -> sampling -> FID/KID -> tables, figures, HTML
+report and MLflow records (read back through a real ``mlflow server`` on loopback); and an interrupted
+training job that resumes from its checkpoint when the pipeline is rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
+SMOKE = REPO / "config" / "smoke.yaml"
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True, **popen) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    out = subprocess.run(SNAKEMAKE + ["--directory", str(workdir), *args], capture_output=True, text=True,
+                         cwd=workdir, env=env, **popen)
+    if check:
+        assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory) -> Path:
+    """A working directory in which the smoke benchmark has run to completion."""
+    workdir = tmp_path_factory.mktemp("smoke")
+    snakemake(workdir, "--cores", "2", "--configfile", str(SMOKE))
+    snakemake(workdir, "--configfile", str(SMOKE), "--report", str(workdir / "results" / "report.html"))
+    return workdir
+
+
+def test_smoke_benchmark_fills_the_tables(smoke):
+    table = pd.read_csv(smoke / "results" / "tables" / "benchmark.csv")
+    assert sorted(zip(table["method"], table["sampler"])) == [
+        ("gbm", "dale-langevin"), ("gbm", "sign-agnostic"), ("vp", "em")]
+    assert (table["seeds"] == 2).all() and (table["n"] == 16).all()
+    assert table[["fid_mean", "fid_std", "kid_mean", "nfe"]].notna().all().all()
+    assert (table["reference_split"] == "test").all()
+    runs = pd.read_csv(smoke / "results" / "tables" / "metrics.csv")
+    assert len(runs) == 6 and runs["fid"].gt(0).all()
+    floor = pd.read_csv(smoke / "results" / "tables" / "floor.csv")
+    assert list(floor["dataset"]) == ["mnist"] and floor["fid"].notna().all()
+    for name in ("benchmark.md", "benchmark.tex", "floor.md", "floor.tex"):
+        assert (smoke / "results" / "tables" / name).stat().st_size > 100
+    assert "±" in (smoke / "results" / "tables" / "benchmark.md").read_text()
+
+
+def test_smoke_benchmark_draws_every_figure_as_png_and_pdf(smoke):
+    figures = smoke / "results" / "figures"
+    expected = ["fid_kid_vs_nfe", "training_loss", "toy_gbm", "forward_histograms_mnist", "trajectories_mnist"]
+    expected += [f"{kind}/mnist_{m}" for kind in ("samples", "neighbours")
+                 for m in ("gbm_sign-agnostic", "gbm_dale-langevin", "vp_em")]
+    for stem in expected:
+        for suffix in (".png", ".pdf"):
+            assert (figures / f"{stem}{suffix}").stat().st_size > 1000, stem
+    report = (smoke / "results" / "report.html").read_text(errors="replace")
+    assert "fid_kid_vs_nfe.png" in report and "benchmark.csv" in report
+
+
+def test_smoke_benchmark_records_every_run_in_mlflow_served_on_loopback(smoke):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = f"sqlite:///{smoke / 'results' / 'mlflow.db'}"
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store, "--host", "127.0.0.1",
+         "--port", str(port), "--workers", "1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                assert time.time() < deadline, "mlflow server did not come up"
+                time.sleep(0.5)
+
+        def call(path: str, body: dict | None = None) -> dict:
+            request = urllib.request.Request(f"{base}/api/2.0/mlflow/{path}", method="POST" if body else "GET",
+                                             data=json.dumps(body).encode() if body else None,
+                                             headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                return json.loads(response.read())
+
+        experiment = call("experiments/get-by-name?experiment_name=smoke")["experiment"]["experiment_id"]
+        evaluations = call("runs/search", {"experiment_ids": [experiment], "max_results": 100,
+                                           "filter": "tags.kind = 'evaluation'"})["runs"]
+        trainings = call("runs/search", {"experiment_ids": [experiment], "max_results": 100,
+                                         "filter": "tags.kind = 'training'"})["runs"]
+        row = call("runs/search", {"experiment_ids": [experiment], "max_results": 100,
+                                   "filter": "tags.row = 'mnist|gbm|dale-langevin|2'"})["runs"]
+        history = call(f"metrics/get-history?run_id={trainings[0]['info']['run_id']}&metric_key=train_loss")
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=30)
+
+    assert len(evaluations) == 6 and len(trainings) == 4
+    assert sorted(r["data"]["tags"] and {t["key"]: t["value"] for t in r["data"]["tags"]}["seed"] for r in row) == ["0", "1"]
+    metrics = {m["key"]: m["value"] for m in evaluations[0]["data"]["metrics"]}
+    assert {"fid", "kid_mean", "kid_std", "sample.nfe", "sample.wall_time_s"} <= set(metrics)
+    tags = {t["key"]: t["value"] for t in evaluations[0]["data"]["tags"]}
+    assert {"dataset", "method", "sampler", "seed", "config", "git_revision", "mlflow.parentRunId"} <= set(tags)
+    assert len(history["metrics"]) == 6  # one train_loss point per step
+
+
+def test_mlflow_sync_rebuilds_a_lost_store_identically(smoke, tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(smoke / "results", results, ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts"))
+    gbm = str(Path(sys.executable).parent / "gbm")
+    first = json.loads(subprocess.run([gbm, "mlflow-sync", str(results), "--experiment", "smoke"], check=True,
+                                      capture_output=True, text=True).stdout)
+    again = json.loads(subprocess.run([gbm, "mlflow-sync", str(results), "--experiment", "smoke"], check=True,
+                                      capture_output=True, text=True).stdout)
+    assert (first["created"], first["failed"]) == (10, [])
+    assert (again["created"], again["unchanged"], again["deleted"]) == (0, 10, 0)
+
+
+def test_interrupted_training_resumes_from_its_checkpoint(smoke, tmp_path):
+    config = yaml.safe_load(SMOKE.read_text())
+    config["train"].update(steps=400, checkpoint_every=20, log_every=20)
+    configfile = tmp_path / "resume.yaml"
+    configfile.write_text(yaml.safe_dump(config))
+    (tmp_path / "results" / "data").mkdir(parents=True)
+    shutil.copy(smoke / "results" / "data" / "mnist.npz", tmp_path / "results" / "data" / "mnist.npz")
+    run = tmp_path / "results" / "mnist" / "gbm" / "seed0" / "run"
+    target = str(run.relative_to(tmp_path) / "model.pt")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    first = subprocess.Popen(SNAKEMAKE + ["--directory", str(tmp_path), "--cores", "1", "--configfile",
+                                          str(configfile), target], cwd=tmp_path, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 300
+    while not list((run / "checkpoints").glob("*.pt")):
+        assert first.poll() is None and time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGINT)  # Ctrl-C: Snakemake stops the job and removes its outputs
+    first.wait(timeout=60)
+    assert not (run / "model.pt").exists()
+    interrupted_at = max(int(p.stem.split("_")[-1]) for p in (run / "checkpoints").glob("*.pt"))
+    assert 0 < interrupted_at < 400
+
+    snakemake(tmp_path, "--cores", "1", "--configfile", str(configfile), target)
+    metrics = json.loads((run / "train_metrics.json").read_text())
+    assert metrics["steps"] == 400
+    assert metrics["resumed_from_step"] >= interrupted_at
+    sessions = json.loads((run / "environment.json").read_text())["sessions"]
+    assert [s["resumed_from_step"] for s in sessions][0] == 0 and sessions[-1]["resumed_from_step"] > 0
