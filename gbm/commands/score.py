@@ -17,6 +17,7 @@ def add_metric_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kid-subset-size", type=int, default=1000, help="shrinks to the smaller set when needed")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-cache", action="store_true", help="do not use or write cached reference features")
+    parser.add_argument("--no-sid", action="store_true", help="skip the signed inception distance (gbm.metrics.sid)")
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
 
 
@@ -39,7 +40,8 @@ def emit(result: dict, out: str | None) -> None:
 
 def metric_options(args: argparse.Namespace) -> dict:
     return dict(library=args.library, cleanfid_mode=args.cleanfid_mode, kid_subsets=args.kid_subsets,
-                kid_subset_size=args.kid_subset_size, device=args.device, cache=not args.no_cache)
+                kid_subset_size=args.kid_subset_size, device=args.device, cache=not args.no_cache,
+                sid=not args.no_sid)
 
 
 def run(args: argparse.Namespace) -> int:

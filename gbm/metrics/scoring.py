@@ -99,12 +99,14 @@ def score(
     device="auto",
     cache: bool = True,
     stats_dir=None,
+    sid: bool = True,
     **metric_options,
 ) -> dict:
     """Score ``fake`` against ``real`` (each: ImageSet, uint8 array (N, C, H, W), or a path spec).
 
     ``n`` takes the first n images of each set. Reference features are cached by content hash unless
-    ``cache`` is False. Returns metrics with sample counts, the feature extractor and the library.
+    ``cache`` is False. Returns metrics with sample counts, the feature extractor and the library;
+    with ``sid`` also the signed inception distance (``gbm.metrics.sid``) from the same features.
     """
     check_library(library, cleanfid_mode)
     real_set, fake_set = _as_set(real, "real images", real_split), _as_set(fake, "fake images", None)
@@ -126,6 +128,12 @@ def score(
     fake_features = extract_features(fake_set.images, library, device=device, cleanfid_mode=cleanfid_mode, what=fake_set.description)
     features_seconds = time.perf_counter() - began
     result = metrics_from_features(real_features, fake_features, library, **metric_options)
+    if sid:
+        from gbm.metrics.sid import signed_inception_distance
+
+        signed = signed_inception_distance(real_features, fake_features, seed=metric_options.get("seed", 0))
+        result["protocol"]["sid"] = signed.pop("protocol")
+        result.update(signed)
     result.update(
         real=real_set.description,
         fake=fake_set.description,
