@@ -19,6 +19,16 @@ def _sid(fake, **options):
     return signed_inception_distance(_gaussian(0), fake, subsets=3, subset_size=400, **options)
 
 
+def test_sid_has_no_small_sample_bias_for_one_distribution_in_high_dimension():
+    """With the centre taken from the subset itself, 30 vs 30 points in 512-d would give SID >> 0."""
+    g = torch.Generator().manual_seed(0)
+    results = [signed_inception_distance(torch.randn(60, 512, generator=g, dtype=torch.float64),
+                                         torch.randn(30, 512, generator=g, dtype=torch.float64), subsets=4, seed=s)
+               for s in range(5)]
+    sids = np.array([r["sid"] for r in results])
+    assert abs(sids.mean()) < 3 * sids.std() / np.sqrt(len(sids)) + 0.05
+
+
 def test_sid_is_near_zero_for_two_samples_of_one_distribution():
     same, shifted = _sid(_gaussian(1)), _sid(_gaussian(1, shift=0.3))
     assert abs(same["sid"]) < 0.15 * shifted["sid"]
@@ -46,7 +56,7 @@ def test_sid_curve_has_one_value_per_radius_and_records_its_protocol():
     result = _sid(_gaussian(1), radii=(1.0, 2.0, 3.0), points=16)
     assert len(result["sid_curve"]) == 3
     assert result["sid"] == pytest.approx(sum(result["sid_curve"]))
-    assert result["protocol"]["subset_size"] == 400 and result["protocol"]["radii_in_rms_std"] == [1.0, 2.0, 3.0]
+    assert result["protocol"]["subset_size"] == N // 2 and result["protocol"]["radii_in_rms_std"] == [1.0, 2.0, 3.0]
 
 
 def test_sid_from_images_uses_the_pipeline_feature_extractor(monkeypatch):

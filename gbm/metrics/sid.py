@@ -6,7 +6,8 @@ Closed-form polyharmonic critic over feature sets (issue 6):
 increasing function of ``r``), ``g_j`` generated and ``d_i`` real features. ``D`` is averaged over test
 points drawn uniformly in hypercubes of growing half-width ``a_m = rho_m * s`` around the real mean (``s`` the
 real features' root-mean-square per-dimension std), giving the curve ``SID(a_m)``; the curve is averaged over
-random equal-size subsets of both sets. The reported SID is the curve summed over the radii, and its sign.
+random equal-size subsets of both sets. Centre and scale come from the real features outside each subset, so
+two samples of one distribution give ``E[SID] = 0`` exactly at any size. The reported SID is the curve summed over the radii, and its sign.
 
 Why the sign means what it says (k = 1): by Jensen, ``mean_i |x - d_i| >= |x - mean d|``, so a generated set
 collapsed toward the real mean makes ``D < 0``; a set shifted away from the real mean is farther from the
@@ -50,7 +51,8 @@ def signed_inception_distance(
     """SID of ``fake`` against ``real`` feature arrays (N x d); returns the summed SID, its sign, the curve.
 
     ``radii``: hypercube half-widths as multiples of the real RMS std; ``points`` test points per radius;
-    ``subsets`` random subsets of ``min(subset_size, n_real, n_fake)`` from each set (seeded by ``seed``).
+    ``subsets`` random subsets of ``min(subset_size, n_real // 2, n_fake)`` from each set (seeded by ``seed``);
+    the rest of the real set gives that subset's centre and scale.
     """
     real_t, fake_t = _check_features(real, "sid.real"), _check_features(fake, "sid.fake")
     if real_t.shape[1] != fake_t.shape[1]:
@@ -62,15 +64,18 @@ def signed_inception_distance(
     for name, value in (("sid.points", points), ("sid.subsets", subsets), ("sid.subset_size", subset_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}: must be a positive integer, got {value!r}")
-    size = min(subset_size, len(real_t), len(fake_t))
-    centre = real_t.mean(0)
-    scale = real_t.var(0, unbiased=True).mean().sqrt().item()
-    half_widths = torch.tensor(radii, dtype=torch.float64) * scale
+    size = min(subset_size, len(real_t) // 2, len(fake_t))
     generator = torch.Generator().manual_seed(seed)
-    curves = []
+    curves, scales = [], []
     for _ in range(subsets):
-        d = real_t[torch.randperm(len(real_t), generator=generator)[:size]]
+        order_real = torch.randperm(len(real_t), generator=generator)
+        d, held_out = real_t[order_real[:size]], real_t[order_real[size:]]
         g = fake_t[torch.randperm(len(fake_t), generator=generator)[:size]]
+        # centre and scale from real features outside the subset: else the test points sit nearer the real
+        # subset than an identically distributed fake one (a positive bias of order 1/size)
+        centre, scale = held_out.mean(0), held_out.var(0, unbiased=True).mean().sqrt().item()
+        half_widths = torch.tensor(radii, dtype=torch.float64) * scale
+        scales.append(scale)
         cube = 2 * torch.rand(len(radii), points, real_t.shape[1], generator=generator, dtype=torch.float64) - 1
         tests = (centre + half_widths[:, None, None] * cube).reshape(-1, real_t.shape[1])
         critic = _potential(torch.cdist(tests, g), order).mean(1) - _potential(torch.cdist(tests, d), order).mean(1)
@@ -85,7 +90,7 @@ def signed_inception_distance(
         "sid_curve": curve.mean(0).tolist(),
         "protocol": {
             "critic": "closed-form polyharmonic, phi(r) = sign(k) r^k", "order": order,
-            "radii_in_rms_std": list(radii), "rms_std": scale, "points_per_radius": points,
+            "radii_in_rms_std": list(radii), "rms_std": float(np.mean(scales)), "points_per_radius": points,
             "subsets": subsets, "subset_size": size, "seed": seed,
         },
     }
