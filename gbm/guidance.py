@@ -36,7 +36,9 @@ class GuidanceOptions:
     (w (1 - t/T), strongest near the data); ``kernel``: polyharmonic (``r`` in odd, ``log r`` in even
     dimension n: order ``ceil(n/2)``), gaussian ``-exp(-r^2 / 2h^2)`` or imq ``-(r^2 + h^2)^-1/2``;
     ``bandwidth`` h (None: the median particle-to-bank distance at each step); ``bank_size`` real samples;
-    ``seed`` for the bank subset and its noise.
+    ``seed`` for the bank subset and its noise; ``repel``: keep the particle term of ``D`` (it couples the
+    images of a batch, so image i then depends on its batch-mates, not on seed i alone; ``false`` restores
+    per-image reproducibility at the price of a pure pull toward the bank).
     """
 
     weight: float = 1.0
@@ -45,6 +47,7 @@ class GuidanceOptions:
     bandwidth: float | None = None
     bank_size: int = 1024
     seed: int = 0
+    repel: bool = True
 
     def __post_init__(self):
         if self.kernel not in KERNELS:
@@ -93,23 +96,26 @@ def kernel_coefficient(kernel: str, r: torch.Tensor, dimension: int, bandwidth: 
 
 
 def critic_gradient(x: torch.Tensor, bank: torch.Tensor, kernel: str = "polyharmonic",
-                    bandwidth: float | None = None) -> torch.Tensor:
+                    bandwidth: float | None = None, repel: bool = True) -> torch.Tensor:
     """``grad D(x_b)`` for each particle of the batch ``x`` (B, ...) against ``bank`` (N, ...), in closed form.
 
-    A particle's own term is dropped (it has no gradient); distances are clamped away from 0.
+    A particle's own term is dropped (it has no gradient); distances are clamped away from 0. ``repel=False``
+    drops the particle term (each particle then sees the bank only).
     """
     xf, bf = x.flatten(1), bank.flatten(1).to(x.dtype)
-    r_particles = torch.cdist(xf, xf, compute_mode="use_mm_for_euclid_dist")
     r_bank = torch.cdist(xf, bf, compute_mode="use_mm_for_euclid_dist")
     if bandwidth is None:
-        bandwidth = r_bank.median().clamp_min(1e-12)
+        bandwidth = r_bank.median(dim=1, keepdim=True).values.clamp_min(1e-12) if not repel \
+            else r_bank.median().clamp_min(1e-12)
     floor = 1e-6 * (r_bank.mean() + 1e-12)
-    c_particles = kernel_coefficient(kernel, r_particles.clamp_min(floor), xf.shape[1], bandwidth)
-    c_particles.fill_diagonal_(0.0)
     c_bank = kernel_coefficient(kernel, r_bank.clamp_min(floor), xf.shape[1], bandwidth)
-    repel = (c_particles.sum(1, keepdim=True) * xf - c_particles @ xf) / xf.shape[0]
-    attract = (c_bank.sum(1, keepdim=True) * xf - c_bank @ bf) / bf.shape[0]
-    return (repel - attract).reshape(x.shape)
+    gradient = -(c_bank.sum(1, keepdim=True) * xf - c_bank @ bf) / bf.shape[0]
+    if repel:
+        r_particles = torch.cdist(xf, xf, compute_mode="use_mm_for_euclid_dist")
+        c_particles = kernel_coefficient(kernel, r_particles.clamp_min(floor), xf.shape[1], bandwidth)
+        c_particles.fill_diagonal_(0.0)
+        gradient = gradient + (c_particles.sum(1, keepdim=True) * xf - c_particles @ xf) / xf.shape[0]
+    return gradient.reshape(x.shape)
 
 
 def _check_bank(sde: SDE, bank: torch.Tensor) -> None:
@@ -122,7 +128,7 @@ def _check_bank(sde: SDE, bank: torch.Tensor) -> None:
 
 
 def guided_score_fn(sde: SDE, score_fn, bank: torch.Tensor, *, weight: float = 1.0, schedule: str = "constant",
-                    kernel: str = "polyharmonic", bandwidth: float | None = None, seed: int = 0):
+                    kernel: str = "polyharmonic", bandwidth: float | None = None, seed: int = 0, repel: bool = True):
     """Wrap ``score_fn`` (the score ``sde`` declares) with kernel discriminator guidance.
 
     ``bank``: real samples in the SDE's data space (positive for GBM, centred for additive SDEs and CLD),
@@ -143,7 +149,7 @@ def guided_score_fn(sde: SDE, score_fn, bank: torch.Tensor, *, weight: float = 1
             noise["z"] = randn((bank.shape[0], *x.shape[1:]), torch.Generator().manual_seed(seed), dtype=x.dtype)
         bank_t = sde.perturb(bank.to(x.device, x.dtype), t[:1].expand(bank.shape[0]), noise["z"].to(x.device))
         w = schedule_weight(schedule, weight, t.to(x.dtype), sde.T).reshape(-1, *([1] * (x.ndim - 1)))
-        correction = w * critic_gradient(x, bank_t, kernel, bandwidth)
+        correction = w * critic_gradient(x, bank_t, kernel, bandwidth, repel)
         if isinstance(sde, CLD):
             return score + sde.velocities(correction)
         if sde.score_kind == "hyvarinen":
@@ -151,6 +157,14 @@ def guided_score_fn(sde: SDE, score_fn, bank: torch.Tensor, *, weight: float = 1
         return score + correction
 
     return guided
+
+
+def guided_from_options(sde: SDE, score_fn, images: torch.Tensor, options: GuidanceOptions | dict):
+    """``guided_score_fn`` configured by ``guidance.*`` options, its bank drawn from uint8 real ``images``."""
+    options = options if isinstance(options, GuidanceOptions) else GuidanceOptions.from_dict(options)
+    bank = bank_from_images(images, sde, options.bank_size, options.seed)
+    return guided_score_fn(sde, score_fn, bank, weight=options.weight, schedule=options.schedule,
+                           kernel=options.kernel, bandwidth=options.bandwidth, seed=options.seed, repel=options.repel)
 
 
 def bank_from_images(images: torch.Tensor, sde: SDE, size: int, seed: int = 0) -> torch.Tensor:

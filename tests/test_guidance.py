@@ -8,6 +8,7 @@ from gbm.guidance import (
     GuidanceOptions,
     bank_from_images,
     critic_gradient,
+    guided_from_options,
     guided_score_fn,
     memorisation_check,
 )
@@ -103,6 +104,23 @@ def test_gbm_guidance_enters_the_stein_score_before_the_multiply_by_x():
     bank_t = sde.perturb(bank, torch.full((16,), 0.4, dtype=D64), noise)
     guided = guided_score_fn(sde, score, bank, weight=2.0, seed=5)(x, t)
     torch.testing.assert_close(guided - score(x, t), x * 2.0 * critic_gradient(x, bank_t))
+
+
+def test_without_repulsion_each_particle_depends_on_itself_only():
+    bank = TRUE.sample(32, torch.Generator().manual_seed(0))[0]
+    x = WRONG.sample(8, torch.Generator().manual_seed(1))[0]
+    for kernel in ("polyharmonic", "gaussian"):
+        alone = torch.cat([critic_gradient(x[i:i + 1], bank, kernel, repel=False) for i in range(8)])
+        torch.testing.assert_close(critic_gradient(x, bank, kernel, repel=False), alone)
+
+
+def test_guidance_options_build_a_bank_from_uint8_images():
+    images = torch.randint(0, 256, (20, 1, 2, 2), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    sde = GBM()
+    score = guided_from_options(sde, lambda x, t: torch.zeros_like(x), images, {"bank_size": 8, "weight": 1.0})
+    x = torch.full((3, 1, 2, 2), 1.5)
+    assert torch.isfinite(score(x, torch.full((3,), 0.5))).all()
+    assert bank_from_images(images, sde, 8).min() >= 1.0  # GBM's positive data space
 
 
 def test_zero_weight_leaves_the_score_unchanged():
