@@ -83,12 +83,13 @@ def test_sign_agnostic_practical_variant_records_options_and_negative_fraction(t
     assert meta["nfe"] == 6 and meta["fraction_negative"] is not None
 
 
-def test_additive_run_samples_in_centered_space(tmp_path, config_file):
+@pytest.mark.parametrize("sde, sampler", [("vp", "em"), ("cld", "sscs")])
+def test_additive_run_samples_in_centered_space(tmp_path, config_file, sde, sampler):
     run = tmp_path / "run"
-    assert main(["train", str(config_file), "--out", str(run), "--set", "sde.name=vp", "--device", "cpu",
+    assert main(["train", str(config_file), "--out", str(run), "--set", f"sde.name={sde}", "--device", "cpu",
                  "--no-progress"]) == 0
     out = tmp_path / "s.npz"
-    assert main(["sample", str(run), "--sampler", "em", "--steps", "3", "--n", "2", "--out", str(out),
+    assert main(["sample", str(run), "--sampler", sampler, "--steps", "3", "--n", "2", "--out", str(out),
                  "--device", "cpu", "--no-progress"]) == 0
     with np.load(out) as f:
         assert f["images"].shape == (2, 1, 8, 8)
