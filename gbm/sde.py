@@ -124,9 +124,16 @@ class GBM(SDE):
         the exact first two log-moments of ``x_T`` (SPEC §1).
         """
         check_positive(x0, "data")
-        logs = x0.double().log().transpose(0, 1).reshape(x0.shape[1], -1)
-        m = logs.mean(dim=1) + self.log_drift * self.T
-        s = (self.sigma**2 * self.T + logs.var(dim=1, unbiased=False)).sqrt()
+        total = torch.zeros(x0.shape[1], dtype=torch.float64)
+        total_sq = torch.zeros_like(total)
+        for chunk in x0.split(4096):  # chunked float64 sums: no full-size double copy of the data
+            logs = chunk.double().log().transpose(0, 1).reshape(x0.shape[1], -1)
+            total += logs.sum(dim=1).cpu()
+            total_sq += logs.pow(2).sum(dim=1).cpu()
+        count = x0.numel() // x0.shape[1]
+        mean = total / count
+        m = mean + self.log_drift * self.T
+        s = (self.sigma**2 * self.T + (total_sq / count - mean**2).clamp_min(0)).sqrt()
         return replace(self, prior_log_mean=tuple(m.tolist()), prior_log_std=tuple(s.tolist()))
 
     def drift_diffusion(self, x, t):
