@@ -94,7 +94,7 @@ def _timing(args) -> int:
     from gbm.pipeline.files import write_text_atomic
     from gbm.pipeline.timing import timing_report
 
-    text = json.dumps(timing_report(Path(args.results)), indent=2) + "\n"
+    text = json.dumps(timing_report(Path(args.results), args.cores, args.threads), indent=2) + "\n"
     write_text_atomic(Path(args.out), text)
     print(text, end="")
     return 0
@@ -164,5 +164,7 @@ def add_parser(subparsers) -> None:
 
     p = steps.add_parser("timing", help="wall time split into compute and pipeline overhead")
     p.add_argument("--results", default="results")
+    p.add_argument("--cores", type=int, required=True, help="cores the pipeline ran with")
+    p.add_argument("--threads", type=int, required=True, help="threads of each compute job")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_timing)

@@ -2,9 +2,9 @@
 
 Snakemake's ``benchmark:`` files give each job's wall time and (from their modification time) when it
 ended; the ``gbm`` commands report the seconds they spent in the work itself (training loop, sampler,
-Inception features). Overhead is the pipeline's wall time minus that work: process start-up, imports,
-data loading, scheduling, tables, figures, MLflow. With ``--cores 2`` every compute job takes both cores,
-so compute jobs run one at a time and the subtraction is exact; with parallel jobs it is a lower bound.
+Inception features). Overhead is the share of the available core-time (wall time x cores) not spent in
+that work (each compute second occupies ``min(threads, cores)`` cores): process start-up, imports, data
+loading, scheduling, idle cores, tables, figures, MLflow.
 """
 
 from __future__ import annotations
@@ -56,14 +56,14 @@ def compute_seconds(results: Path) -> dict[str, float]:
     return {"training": train, "sampling": sample, "feature_extraction": features}
 
 
-def timing_report(results: Path) -> dict:
+def timing_report(results: Path, cores: int, threads: int) -> dict:
     jobs = job_times(results)
     if not jobs:
         raise ValueError(f"results: no Snakemake benchmark files under {Path(results) / 'benchmarks'}")
     start = min(j["end"] - j["seconds"] for j in jobs)
     wall = time.time() - start
     compute = compute_seconds(results)
-    work = sum(compute.values())
+    work = sum(compute.values()) * min(threads, cores)  # core-seconds
     per_rule: dict[str, dict] = {}
     for job in jobs:
         entry = per_rule.setdefault(job["rule"], {"jobs": 0, "seconds": 0.0})
@@ -72,8 +72,11 @@ def timing_report(results: Path) -> dict:
     return {
         "wall_seconds": wall,
         "compute_seconds": compute,
-        "overhead_seconds": wall - work,
-        "overhead_share": (wall - work) / wall if wall > 0 else None,
+        "cores": cores,
+        "threads_per_compute_job": threads,
+        "core_seconds": wall * cores,
+        "compute_core_seconds": work,
+        "overhead_share": 1 - work / (wall * cores) if wall > 0 else None,
         "jobs": len(jobs),
         "per_rule": per_rule,
         "note": "wall time from the first job's start to this job; Snakemake's start-up before the first job "

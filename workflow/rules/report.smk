@@ -142,16 +142,18 @@ rule figure_nfe:
 
 rule figure_loss:
     input:
-        [f"{r}/loss.csv" for r in RUN_DIRS],
+        [f"{r}/train_metrics.json" for r in RUN_DIRS],  # loss.csv beside each is complete by then
     output:
         png=report("results/figures/training_loss.png", caption="../report/loss.rst", category="Training"),
         pdf="results/figures/training_loss.pdf",
+    params:
+        loss=[f"{r}/loss.csv" for r in RUN_DIRS],
     log:
         "results/logs/report/figure_loss.log",
     benchmark:
         "results/benchmarks/report/figure_loss.tsv"
     shell:
-        "gbm report loss --loss {input} --out {output.png} > {log} 2>&1"
+        "gbm report loss --loss {params.loss} --out {output.png} > {log} 2>&1"
 
 
 rule timing:
@@ -159,7 +161,10 @@ rule timing:
         [t for t in all_targets() if t != "results/timing.json"],
     output:
         "results/timing.json",
+    params:
+        threads=THREADS,
     log:
         "results/logs/report/timing.log",
     shell:
-        "gbm report timing --results results --out {output} > {log} 2>&1"
+        "gbm report timing --results results --cores {workflow.cores} --threads {params.threads} --out {output} "
+        "> {log} 2>&1"

@@ -1,6 +1,7 @@
 # Training: one model per dataset x method x seed (one GBM model serves both GBM samplers).
-# Only files are declared as outputs, never the run directory, so an interrupted job's checkpoints
-# survive and the rerun resumes from the latest one (`gbm train` resumes by itself).
+# Only the files written at the end are declared as outputs, never the run directory or loss.csv (which
+# grows during training): Snakemake deletes declared outputs before rerunning a job, so an interrupted
+# job's checkpoints and loss history survive and the rerun resumes from the latest checkpoint.
 
 
 rule train:
@@ -8,7 +9,6 @@ rule train:
         data="results/data/{dataset}.npz",
     output:
         model="results/{dataset}/{method}/seed{seed}/run/model.pt",
-        loss="results/{dataset}/{method}/seed{seed}/run/loss.csv",
         metrics="results/{dataset}/{method}/seed{seed}/run/train_metrics.json",
     params:
         base=os.path.join(workflow.basedir, "workflow", "resources", "train-base.yaml"),

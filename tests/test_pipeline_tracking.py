@@ -1,0 +1,129 @@
+"""MLflow mirror of results/ (concurrent writers, idempotence, never failing a job) and the result tables,
+on a synthetic results tree in the formats `gbm train`, `gbm sample` and `gbm score` write."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from gbm.pipeline.tables import aggregate, benchmark_table, write_tables
+
+GBM = str(Path(sys.executable).parent / "gbm")
+FID = {("gbm", 0): 30.0, ("gbm", 1): 34.0, ("gbm", 2): 38.0, ("vp", 0): 50.0, ("vp", 1): 52.0, ("vp", 2): 54.0}
+
+
+def fake_results(root: Path, seeds=(0, 1, 2)) -> Path:
+    results = root / "results"
+    for method, sampler in (("gbm", "dale-langevin"), ("vp", "em")):
+        for seed in seeds:
+            run = results / "mnist" / method / f"seed{seed}" / "run"
+            run.mkdir(parents=True)
+            (run / "config.yaml").write_text(f"seed: {seed}\nsde: {{name: {method}}}\ntrain: {{steps: 4}}\n")
+            (run / "loss.csv").write_text("step,loss\n" + "".join(f"{i},{1 / i}\n" for i in range(1, 5)))
+            (run / "train_metrics.json").write_text(json.dumps({"steps": 4, "wall_time_s": 1.5}))
+            (run / "environment.json").write_text(json.dumps({"seed": seed, "sessions": []}))
+            evaluation = run.parent / sampler / "steps10"
+            evaluation.mkdir(parents=True)
+            (evaluation / "metrics.json").write_text(json.dumps({
+                "fid": FID[method, seed], "kid_mean": FID[method, seed] / 1e4, "kid_std": 1e-4, "n_fake": 8,
+                "n_real": 8, "timing": {"features_s": 0.5}}))
+            (evaluation / "samples.json").write_text(json.dumps({
+                "sampler": sampler, "steps": 10, "nfe": 10, "wall_time_s": 0.25, "fraction_clamped": 0.01}))
+            np.savez(evaluation / "samples.npz", images=np.zeros((8, 1, 28, 28), np.uint8), seeds=np.arange(8))
+    return results
+
+
+def sync(results: Path) -> dict:
+    from gbm.pipeline.tracking import sync as mirror
+
+    return mirror(results, "test", uri=f"sqlite:///{results / 'mlflow.db'}").as_dict()
+
+
+def mirrored(results: Path) -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("test").experiment_id
+    return client.search_runs([experiment], max_results=1000)
+
+
+def test_concurrent_jobs_never_lose_a_record(tmp_path):
+    results = fake_results(tmp_path, seeds=(0, 1))
+    seed_dirs = sorted(str(p.parent.parent) for p in results.glob("*/*/seed*/run/train_metrics.json"))
+    env = dict(os.environ, MLFLOW_TRACKING_URI="")
+    jobs = [subprocess.Popen([GBM, "mlflow-sync", str(results), "--experiment", "test", "--run", d],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for d in seed_dirs]
+    outputs = [json.loads(job.communicate(timeout=300)[0]) for job in jobs]
+    assert all(job.returncode == 0 for job in jobs)
+    assert all(out["failed"] == [] and out["created"] == 2 for out in outputs)
+    runs = mirrored(results)
+    assert len(runs) == 8
+    evaluation = next(r for r in runs if r.data.tags["kind"] == "evaluation" and r.data.tags["seed"] == "1"
+                      and r.data.tags["method"] == "gbm")
+    assert evaluation.data.metrics["fid"] == 34.0 and evaluation.data.metrics["sample.nfe"] == 10
+    assert evaluation.data.tags["row"] == "mnist|gbm|dale-langevin|10"
+    parent = next(r for r in runs if r.info.run_id == evaluation.data.tags["mlflow.parentRunId"])
+    assert parent.data.tags["kind"] == "training" and parent.data.params["train.steps"] == "4"
+
+
+def test_sync_is_idempotent_and_follows_changed_and_vanished_files(tmp_path):
+    results = fake_results(tmp_path, seeds=(0, 1))
+    assert sync(results)["created"] == 8
+    assert sync(results) == {"created": 0, "unchanged": 8, "deleted": 0, "failed": []}
+    metrics = results / "mnist" / "vp" / "seed1" / "em" / "steps10" / "metrics.json"
+    metrics.write_text(json.dumps({"fid": 99.0, "kid_mean": 0.01, "kid_std": 0.0}))
+    for path in (results / "mnist" / "gbm" / "seed1").rglob("*"):
+        if path.is_file():
+            path.unlink()
+    summary = sync(results)
+    assert (summary["created"], summary["unchanged"]) == (1, 5)
+    runs = mirrored(results)
+    assert len(runs) == 6
+    assert [r.data.metrics["fid"] for r in runs if r.data.tags.get("row") == "mnist|vp|em|10"
+            and r.data.tags["seed"] == "1"] == [99.0]
+
+
+def test_an_unusable_store_is_reported_and_never_fails_the_job(tmp_path):
+    results = fake_results(tmp_path, seeds=(0,))
+    (results / "mlflow.db").mkdir()  # a directory where the SQLite file should be
+    out = subprocess.run([GBM, "mlflow-sync", str(results), "--experiment", "test"], capture_output=True,
+                         text=True, env=dict(os.environ, MLFLOW_TRACKING_URI=""))
+    assert out.returncode == 0
+    assert "not recorded in MLflow" in out.stderr
+    assert json.loads(out.stdout)["failed"]
+    assert subprocess.run([GBM, "mlflow-sync", str(results), "--experiment", "test", "--strict"],
+                          capture_output=True, env=dict(os.environ, MLFLOW_TRACKING_URI="")).returncode == 1
+
+
+def test_table_reports_mean_and_std_over_seeds_with_n_nfe_and_split(tmp_path):
+    results = fake_results(tmp_path)
+    runs = aggregate(sorted(results.glob("*/*/seed*/*/steps*/metrics.json")))
+    assert len(runs) == 6
+    table = benchmark_table(runs).set_index("method")
+    assert table.loc["gbm", "fid_mean"] == pytest.approx(34.0)
+    assert table.loc["gbm", "fid_std"] == pytest.approx(4.0)  # sample std of 30, 34, 38
+    assert table.loc["vp", "kid_mean"] == pytest.approx(52.0 / 1e4)
+    assert (table["seeds"] == 3).all() and (table["nfe"] == 10).all() and (table["n"] == 8).all()
+    floor = tmp_path / "floor.json"
+    floor.write_text(json.dumps({"fid": 3.5, "kid_mean": 1e-4, "kid_std": 1e-5, "floor": {"n": 8}}))
+    from gbm.pipeline.tables import floor_table
+
+    write_tables(runs, floor_table([floor]), tmp_path / "tables", "test")
+    markdown = (tmp_path / "tables" / "benchmark.md").read_text()
+    assert "| mnist | gbm | dale-langevin | 10 | 10 | 8 | test | 3 | 34.00 ± 4.00 |" in markdown
+    assert r"34.00 $\pm$ 4.00" in (tmp_path / "tables" / "benchmark.tex").read_text()
+    assert pd.read_csv(tmp_path / "tables" / "floor.csv")["fid"].tolist() == [3.5]
+
+
+def test_single_seed_rows_show_no_spread_rather_than_zero(tmp_path):
+    runs = aggregate(sorted(fake_results(tmp_path, seeds=(0,)).glob("*/*/seed*/*/steps*/metrics.json")))
+    table = benchmark_table(runs)
+    assert table["fid_std"].map(math.isnan).all()
