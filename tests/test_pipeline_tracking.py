@@ -93,7 +93,7 @@ def test_sync_is_idempotent_and_follows_changed_and_vanished_files(tmp_path):
 
 def test_an_unusable_store_is_reported_and_never_fails_the_job(tmp_path):
     results = fake_results(tmp_path, seeds=(0,))
-    (results / "mlflow.db").mkdir()  # a directory where the SQLite file should be
+    (results / "mlflow.db").write_bytes(b"not a database " * 100)  # e.g. a store damaged by a full disk
     out = subprocess.run([GBM, "mlflow-sync", str(results), "--experiment", "test"], capture_output=True,
                          text=True, env=dict(os.environ, MLFLOW_TRACKING_URI=""))
     assert out.returncode == 0
