@@ -82,12 +82,13 @@ def neighbour_grid(neighbours_npz: Path, samples_npz: Path, data_npz: Path, png:
         panels = [(label, data[f"{key}_indices"]) for key, label in (("inception", "Inception features"),
                                                                      ("pixel", "pixel L2")) if f"{key}_indices" in data]
     count = min(queries, len(panels[0][1]))
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.0 * len(panels), 0.45 * count + 0.9), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 0.5 * count + 1.2), squeeze=False,
+                             layout="constrained")
     for ax, (label, indices) in zip(axes[0], panels):
         rows = [np.concatenate([samples[i][None], train[indices[i]]]) for i in range(count)]
         _show(ax, tile(np.concatenate(rows), cols=rows[0].shape[0]))
         ax.set_title(f"sample | nearest training images\nby {label}")
-    fig.suptitle(_describe_eval(samples_npz), y=1.02)
+    fig.suptitle(_describe_eval(samples_npz))
     save(fig, png)
 
 
