@@ -10,6 +10,7 @@ from gbm.sde import GBM, VESDE, VPSDE
 from gbm.toy import GaussianMixture, LogNormalMixture
 
 F64 = torch.float64
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def chunked(loss, score_fn, x0, chunks: int, seed: int):

@@ -8,12 +8,7 @@ from gbm.nets import MLP, UNET_SIZES, MLPConfig, UNet, build_backbone, backbone_
 from gbm.sde import GBM, VPSDE
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (1, 8, 8)])

@@ -11,6 +11,7 @@ from gbm.seeding import PerSampleGenerator
 from gbm.toy import GaussianMixture, LogNormalMixture
 
 F64 = torch.float64
+pytestmark = pytest.mark.usefixtures("one_thread")
 N = 20_000
 
 

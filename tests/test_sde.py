@@ -8,6 +8,7 @@ import torch
 from gbm.sde import GBM, SubVPSDE, VESDE, VPSDE, make_sde
 
 F64 = torch.float64
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def simulate_forward(sde, x0: torch.Tensor, t_end: float, steps: int, seed: int = 0) -> torch.Tensor:

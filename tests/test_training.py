@@ -19,12 +19,7 @@ from gbm.toy import sliced_wasserstein, two_spirals
 from gbm.training import TrainingDiverged, prepare, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_synthetic_dataset(path, n=48, size=8, channels=1, seed=0):
