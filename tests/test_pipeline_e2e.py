@@ -37,9 +37,24 @@ def snakemake(workdir: Path, *args: str, check: bool = True, **popen) -> subproc
 
 
 @pytest.fixture(scope="module")
-def smoke(tmp_path_factory) -> Path:
+def prepared_mnist(tmp_path_factory) -> Path:
+    """MNIST prepared once for the module by `gbm prepare-data` (as the pipeline's first job does)."""
+    path = tmp_path_factory.mktemp("data") / "mnist.npz"
+    subprocess.run([str(Path(sys.executable).parent / "gbm"), "prepare-data", "mnist", "--out", str(path)],
+                   check=True, capture_output=True)
+    return path
+
+
+def with_data(workdir: Path, prepared: Path) -> Path:
+    (workdir / "results" / "data").mkdir(parents=True)
+    shutil.copy(prepared, workdir / "results" / "data" / "mnist.npz")
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, prepared_mnist) -> Path:
     """A working directory in which the smoke benchmark has run to completion."""
-    workdir = tmp_path_factory.mktemp("smoke")
+    workdir = with_data(tmp_path_factory.mktemp("smoke"), prepared_mnist)
     snakemake(workdir, "--cores", "2", "--configfile", str(SMOKE))
     snakemake(workdir, "--configfile", str(SMOKE), "--report", str(workdir / "results" / "report.html"))
     return workdir
@@ -135,18 +150,17 @@ def test_mlflow_sync_rebuilds_a_lost_store_identically(smoke, tmp_path):
     assert (again["created"], again["unchanged"], again["deleted"]) == (0, 10, 0)
 
 
-def test_interrupted_training_resumes_from_its_checkpoint(smoke, tmp_path):
+def test_interrupted_training_resumes_from_its_checkpoint(prepared_mnist, tmp_path):
     config = yaml.safe_load(SMOKE.read_text())
     config["train"].update(steps=400, checkpoint_every=20, log_every=20)
     configfile = tmp_path / "resume.yaml"
     configfile.write_text(yaml.safe_dump(config))
-    (tmp_path / "results" / "data").mkdir(parents=True)
-    shutil.copy(smoke / "results" / "data" / "mnist.npz", tmp_path / "results" / "data" / "mnist.npz")
+    with_data(tmp_path, prepared_mnist)
     run = tmp_path / "results" / "mnist" / "gbm" / "seed0" / "run"
     target = str(run.relative_to(tmp_path) / "model.pt")
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    first = subprocess.Popen(SNAKEMAKE + ["--directory", str(tmp_path), "--cores", "1", "--configfile",
-                                          str(configfile), target], cwd=tmp_path, env=env,
+    first = subprocess.Popen(SNAKEMAKE + [target, "--directory", str(tmp_path), "--cores", "1", "--configfile",
+                                          str(configfile)], cwd=tmp_path, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while not list((run / "checkpoints").glob("*.pt")):
@@ -158,7 +172,7 @@ def test_interrupted_training_resumes_from_its_checkpoint(smoke, tmp_path):
     interrupted_at = max(int(p.stem.split("_")[-1]) for p in (run / "checkpoints").glob("*.pt"))
     assert 0 < interrupted_at < 400
 
-    snakemake(tmp_path, "--cores", "1", "--configfile", str(configfile), target)
+    snakemake(tmp_path, target, "--cores", "1", "--configfile", str(configfile))
     metrics = json.loads((run / "train_metrics.json").read_text())
     assert metrics["steps"] == 400
     assert metrics["resumed_from_step"] >= interrupted_at
