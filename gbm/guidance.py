@@ -16,10 +16,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, fields
+from pathlib import Path
 
+import numpy as np
 import torch
 
 from gbm.cld import CLD
+from gbm.config import parse_yaml
+from gbm.data.prepared import load_prepared
 from gbm.pixels import to_centered, to_positive
 from gbm.sde import GBM, SDE, check_positive
 from gbm.seeding import randn
@@ -54,12 +58,16 @@ class GuidanceOptions:
             raise ValueError(f"guidance.kernel: unknown kernel {self.kernel!r}; choose one of {list(KERNELS)}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"guidance.schedule: unknown schedule {self.schedule!r}; choose one of {list(SCHEDULES)}")
-        if not (isinstance(self.weight, (int, float)) and math.isfinite(self.weight) and self.weight >= 0):
+        if not (_is_number(self.weight) and math.isfinite(self.weight) and self.weight >= 0):
             raise ValueError(f"guidance.weight: must be a finite number >= 0, got {self.weight!r}")
-        if self.bandwidth is not None and not self.bandwidth > 0:
+        if self.bandwidth is not None and not (_is_number(self.bandwidth) and self.bandwidth > 0):
             raise ValueError(f"guidance.bandwidth: must be positive or null, got {self.bandwidth!r}")
         if isinstance(self.bank_size, bool) or not isinstance(self.bank_size, int) or self.bank_size < 1:
             raise ValueError(f"guidance.bank_size: must be a positive integer, got {self.bank_size!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"guidance.seed: must be an integer >= 0, got {self.seed!r}")
+        if not isinstance(self.repel, bool):
+            raise ValueError(f"guidance.repel: must be true or false, got {self.repel!r}")
 
     @classmethod
     def from_dict(cls, options: dict) -> "GuidanceOptions":
@@ -71,6 +79,37 @@ class GuidanceOptions:
 
     def describe(self) -> dict:
         return asdict(self) | {"method": "closed-form kernel discriminator guidance (reconstruction)"}
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def options_from_pairs(pairs: list[str]) -> GuidanceOptions:
+    """``GuidanceOptions`` from ``KEY=VALUE`` strings (YAML-parsed values; the last of a repeated key wins),
+    as given by repeated ``gbm sample --guidance``; errors name the flag and the option."""
+    known, options = [f.name for f in fields(GuidanceOptions)], {}
+    for item in pairs:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or key not in known:
+            raise ValueError(f"--guidance {item!r}: expected KEY=VALUE with KEY one of {known}")
+        options[key] = parse_yaml(text)
+    try:
+        return GuidanceOptions.from_dict(options)
+    except ValueError as error:
+        raise ValueError(f"--guidance: {error}") from error
+
+
+def bank_images_from_file(spec: str) -> tuple[np.ndarray, dict]:
+    """The uint8 real images (N, C, H, W) named by ``FILE.npz[:split]`` (a prepared dataset; split ``train``
+    unless given) and a record of where they came from; errors name ``--guidance-data``."""
+    path, split = (spec, "train") if spec.endswith(".npz") or ":" not in spec else spec.rsplit(":", 1)
+    try:
+        images = load_prepared(path).images(split)
+    except (ValueError, FileNotFoundError) as error:
+        raise ValueError(f"--guidance-data: {error}") from error
+    return images, {"path": str(Path(path).resolve()), "split": split, "n_images": len(images)}
 
 
 def schedule_weight(schedule: str, weight: float, t: torch.Tensor, T: float) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """``gbm sample RUN_DIR --sampler NAME --steps K --n N --out FILE.npz``: draw images from a trained run.
 
 Uses the run's EMA weights and the prior of the SDE stored in ``model.pt``. Image i is drawn from seed
-``seed_start + i`` alone (``gbm.seeding.PerSampleGenerator``), whatever the batch size or device.
+``seed_start + i`` alone (``gbm.seeding.PerSampleGenerator``), whatever the batch size or device — except
+with ``--guidance repel=true`` (the default when guiding), whose particle term couples a batch's images.
 """
 
 from __future__ import annotations
@@ -36,6 +37,15 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--final-denoise-steps", type=int, help="GBM: noise-free updates at the last level")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="any other sampler option (YAML-parsed), e.g. --option snr=0.16; repeatable")
+    parser.add_argument("--guidance", action="append", default=[], metavar="KEY=VALUE",
+                        help="closed-form kernel discriminator guidance (a reconstruction of SPEC §7) for any sampler; "
+                             "keys weight, schedule (constant|noisy|clean), kernel (polyharmonic|gaussian|imq), "
+                             "bandwidth, bank_size (default 1024), seed, repel (default true); YAML-parsed, repeatable; "
+                             "needs --guidance-data. With repel=true the particle term couples the images of a batch, "
+                             "so image i then depends on its batch-mates and the batch size, not on seed i alone; "
+                             "repel=false keeps per-image reproducibility")
+    parser.add_argument("--guidance-data", metavar="FILE.npz[:SPLIT]",
+                        help="prepared dataset whose images (split train unless given) form the guidance bank")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -60,6 +70,23 @@ def _check_args(args) -> None:
         raise ValueError(f"--seed-start: must be >= 0, got {args.seed_start}")
     if Path(args.out).suffix != ".npz":
         raise ValueError(f"--out: the sample file must end in .npz, got {args.out!r}")
+    if args.guidance and args.guidance_data is None:
+        raise ValueError("--guidance-data: --guidance needs a bank of real images, give --guidance-data FILE.npz[:split]")
+    if args.guidance_data is not None and not args.guidance:
+        raise ValueError("--guidance: --guidance-data given without any --guidance KEY=VALUE (e.g. --guidance weight=1)")
+
+
+def _guidance_bank(args, record: dict) -> tuple:
+    """The ``--guidance-data`` images (uint8 numpy) checked against the run's data, and where they came from."""
+    from gbm.guidance import bank_images_from_file
+
+    if record["data"]["space"] == "toy":
+        raise ValueError("--guidance-data: guidance draws its bank from images; this run was trained on toy points")
+    images, source = bank_images_from_file(args.guidance_data)
+    if list(images.shape[1:]) != list(record["data"]["shape"]):
+        raise ValueError(f"--guidance-data: images of shape {list(images.shape[1:])} do not match the run's data "
+                         f"shape {list(record['data']['shape'])}")
+    return images, source
 
 
 def run(args) -> int:
@@ -68,6 +95,7 @@ def run(args) -> int:
     from tqdm.auto import tqdm
 
     from gbm import pixels
+    from gbm.guidance import guided_from_options, options_from_pairs
     from gbm.models import state_shape
     from gbm.runs import atomic_write_bytes, git_revision, load_model, resolve_device, write_json
     from gbm.sampling import SAMPLERS, sample, validate_request
@@ -77,10 +105,16 @@ def run(args) -> int:
     if args.sampler not in SAMPLERS:
         raise ValueError(f"--sampler: unknown sampler {args.sampler!r}; choose one of {sorted(SAMPLERS)}")
     options = sampler_options(args)
+    guidance_options = options_from_pairs(args.guidance) if args.guidance else None
     device = resolve_device(args.device)
     model, record = load_model(args.run_dir, device)
     sde = model.sde
     spec = validate_request(sde, args.sampler, args.steps, options)
+    score_fn, guidance = model, None
+    if guidance_options is not None:
+        images, source = _guidance_bank(args, record)
+        score_fn = guided_from_options(sde, model, torch.from_numpy(images).to(device), guidance_options)
+        guidance = {"label": "reconstruction (SPEC §7)"} | guidance_options.describe() | {"data": source}
     if "progress" in inspect.signature(spec.fn).parameters and not args.no_progress:
         options_run = options | {"progress": True}
     else:
@@ -97,7 +131,7 @@ def run(args) -> int:
         chunk = seeds[start:start + args.batch_size].tolist()
         generator = PerSampleGenerator(chunk)
         x_T = sde.prior_sample((len(chunk), *sample_shape), noise=generator.randn(sample_shape).to(device))
-        result = sample(sde, model, x_T, method=args.sampler, steps=args.steps, generator=generator, **options_run)
+        result = sample(sde, score_fn, x_T, method=args.sampler, steps=args.steps, generator=generator, **options_run)
         x = (sde.positions(result.x) if hasattr(sde, "positions") else result.x).float().cpu()
         if space == "toy":
             outputs.append(x.numpy())
@@ -121,6 +155,7 @@ def run(args) -> int:
         "nfe": nfes[0] if len(set(nfes)) == 1 else float(np.mean(nfes)),
         "nfe_per_batch": nfes,
         "options": options,
+        "guidance": guidance,
         "n": args.n,
         "seed_start": args.seed_start,
         "batch_size": args.batch_size,
