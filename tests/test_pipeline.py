@@ -45,13 +45,24 @@ def test_default_benchmark_dag_has_one_model_per_dataset_method_seed(tmp_path):
 
 def test_paper_dag_covers_three_datasets_every_method_three_seeds(tmp_path):
     counts = dry_run_counts(tmp_path, REPO / "config" / "paper.yaml")
-    # 3 datasets x 5 methods x 3 seeds = 45 models; per dataset and seed 8 GBM + 3 x 5 additive + 3 CLD
-    # evaluations = 26, so 234 sample and score jobs.
+    # 3 datasets x 5 methods x 3 seeds = 45 models; per dataset and seed 8 + 1 guided GBM, 3 x 5 + 1 guided
+    # additive and 3 CLD evaluations = 28, so 252 sample and score jobs.
     assert counts["prepare_data"] == 3
     assert counts["train"] == 45
-    assert counts["sample"] == counts["score"] == 234
+    assert counts["sample"] == counts["score"] == 252
     assert counts["track"] == 45
-    assert counts["neighbours"] == 3 * (4 + 3 * 3 + 1)
+    assert counts["neighbours"] == 3 * (5 + 4 + 3 + 3 + 1)
+
+
+def test_guided_paper_rows_pass_the_guidance_and_the_train_split_bank_to_gbm_sample(tmp_path):
+    target = "results/mnist/gbm/seed0/dale-langevin-guided/steps1000/samples.npz"
+    out = subprocess.run(SNAKEMAKE + ["-n", "-p", "--directory", str(tmp_path), target, "--configfile",
+                                      str(REPO / "config" / "paper.yaml")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr + out.stdout
+    command = next(line for line in out.stdout.splitlines() if "gbm sample" in line)
+    assert "--sampler dale-langevin" in command and "--delta 0.000616545" in command
+    assert "--guidance-data results/data/mnist.npz:train" in command
+    assert "--guidance weight=1.0" in command and "--guidance repel=false" in command
 
 
 def test_paper_config_uses_the_authors_sampler_settings():

@@ -127,3 +127,18 @@ def test_single_seed_rows_show_no_spread_rather_than_zero(tmp_path):
     runs = aggregate(sorted(fake_results(tmp_path, seeds=(0,)).glob("*/*/seed*/*/steps*/metrics.json")))
     table = benchmark_table(runs)
     assert table["fid_std"].map(math.isnan).all()
+
+
+def test_guided_rows_are_labelled_a_reconstruction_in_the_tables(tmp_path):
+    results = fake_results(tmp_path, seeds=(0,))
+    stats = results / "mnist" / "vp" / "seed0" / "em" / "steps10" / "samples.json"
+    stats.write_text(json.dumps(json.loads(stats.read_text()) | {"guidance": {"label": "reconstruction (SPEC §7)"}}))
+    runs = aggregate(sorted(results.glob("*/*/seed*/*/steps*/metrics.json")))
+    floor = tmp_path / "floor.json"
+    floor.write_text(json.dumps({"fid": 3.5, "kid_mean": 1e-4}))
+    from gbm.pipeline.tables import floor_table
+
+    write_tables(runs, floor_table([floor]), tmp_path / "tables", "test")
+    markdown = (tmp_path / "tables" / "benchmark.md").read_text()
+    assert "| mnist | vp | em + guidance† |" in markdown and "| mnist | gbm | dale-langevin |" in markdown
+    assert "reconstruction (SPEC §7)" in markdown.splitlines()[0]

@@ -159,6 +159,11 @@ def sampler_options(config: dict, dataset: str, method: str, label: str) -> dict
     return options
 
 
+def sampler_guidance(config: dict, method: str, label: str) -> dict[str, Any] | None:
+    """Kernel discriminator guidance options of a sampler label (SPEC §7 reconstruction), or None."""
+    return config["methods"][method]["samplers"][label].get("guidance")
+
+
 def evaluations(config: dict) -> Iterator[Evaluation]:
     """Every (dataset, method, seed, sampler, steps) the benchmark evaluates, in a stable order."""
     for dataset in config["datasets"]:

@@ -16,6 +16,8 @@ import pandas as pd
 from gbm.pipeline.files import write_text_atomic
 
 GROUP = ["dataset", "method", "sampler", "steps"]
+GUIDANCE_MARK = "†"
+GUIDANCE_NOTE = f"{GUIDANCE_MARK} closed-form kernel discriminator guidance, a reconstruction (SPEC §7), not the authors' recipe."
 
 
 def _pick(values: dict, *names, default=None):
@@ -46,6 +48,7 @@ def evaluation_row(metrics_path: Path) -> dict:
         "seed": int(seed_dir.name.removeprefix("seed")),
         "sampler": eval_dir.parent.name,
         "sampler_method": _pick(stats, "sampler", default=eval_dir.parent.name),
+        "guided": bool(stats.get("guidance")),
         "steps": int(eval_dir.name.removeprefix("steps")),
         "nfe": _pick(stats, "nfe", "meta.nfe"),
         "n": _pick(metrics, "n_fake", "n", "counts.fake", "num_fake", "n_samples"),
@@ -88,6 +91,7 @@ def benchmark_table(runs: pd.DataFrame) -> pd.DataFrame:
         kid_mean, kid_std = _mean_std(group["kid"])
         rows.append(dict(zip(GROUP, key), nfe=group["nfe"].dropna().mean() if group["nfe"].notna().any() else math.nan,
                          n=group["n"].iloc[0], reference_split=group["reference_split"].iloc[0],
+                         guided=bool(group["guided"].any()) if "guided" in group else False,
                          seeds=len(group), fid_mean=fid_mean, fid_std=fid_std, kid_mean=kid_mean, kid_std=kid_std))
     return pd.DataFrame(rows)
 
@@ -121,7 +125,7 @@ def _display(table: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
     return pd.DataFrame({
         "Dataset": table["dataset"],
         "Method": table["method"],
-        "Sampler": table["sampler"],
+        "Sampler": [f"{s} + guidance{GUIDANCE_MARK}" if g else s for s, g in zip(table["sampler"], table["guided"])],
         "Steps": table["steps"].astype(int),
         "NFE": table["nfe"].map(lambda v: "n/a" if pd.isna(v) else f"{v:.0f}"),
         "N": table["n"].map(lambda v: "n/a" if pd.isna(v) else f"{int(v)}"),
@@ -169,6 +173,8 @@ def write_tables(runs: pd.DataFrame, floor: pd.DataFrame, out_dir: Path, name: s
     n = ", ".join(sorted({str(int(v)) for v in table["n"].dropna()})) or "n/a"
     caption = (f"Benchmark '{name}': FID and KID (mean ± std over training seeds) with N = {n} samples per "
                f"sampler against the reference split; TF-Inception pool3 features.")
+    if table["guided"].any():
+        caption += " " + GUIDANCE_NOTE
     floor_caption = f"Real-vs-real floor (benchmark '{name}'): the same N and feature extractor."
     written = {
         "benchmark.csv": table.to_csv(index=False),

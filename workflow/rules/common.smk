@@ -1,5 +1,6 @@
 # Configuration validation (before any job runs), input functions and the command prefixes the rules use.
 
+import json
 import os
 import shlex
 import sys
@@ -13,6 +14,7 @@ from gbm.pipeline.config import (  # noqa: E402
     check_config,
     evaluations,
     sampler_name,
+    sampler_guidance,
     sampler_options,
     training_overrides,
     with_defaults,
@@ -60,6 +62,11 @@ def sample_args(wildcards):
             args += [f"--{key.replace('_', '-')}", str(value)]
         else:
             args += ["--option", f"{key}={value}"]
+    guidance = sampler_guidance(config, wildcards.method, wildcards.sampler)
+    if guidance is not None:
+        args += ["--guidance-data", f"results/data/{wildcards.dataset}.npz:train"]
+        for key, value in guidance.items():
+            args += ["--guidance", f"{key}={json.dumps(value)}"]
     return " ".join(shlex.quote(a) for a in args)
 
 

@@ -5,6 +5,7 @@
 rule sample:
     input:
         model="results/{dataset}/{method}/seed{seed}/run/model.pt",
+        data="results/data/{dataset}.npz",  # the bank of real images when a sampler is guided
     output:
         samples="results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/samples.npz",
         stats="results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/samples.json",
