@@ -14,17 +14,21 @@ import sys
 import gbm.commands
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser with every sub-command, or only ``command``'s (so a job imports only what it runs)."""
     parser = argparse.ArgumentParser(prog="gbm", description=__doc__.splitlines()[0])
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for info in sorted(pkgutil.iter_modules(gbm.commands.__path__), key=lambda m: m.name):
-        module = importlib.import_module(f"gbm.commands.{info.name}")
-        module.add_parser(subparsers)
+    names = sorted(m.name for m in pkgutil.iter_modules(gbm.commands.__path__))
+    module_name = (command or "").replace("-", "_")
+    for name in [module_name] if module_name in names else names:
+        importlib.import_module(f"gbm.commands.{name}").add_parser(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (ValueError, FileNotFoundError) as error:
