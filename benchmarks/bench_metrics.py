@@ -24,7 +24,7 @@ import torch
 
 from gbm.data import load_prepared
 from gbm.metrics import ImageSet, extract_features, inception_weights, score
-from gbm.metrics.features import resolve_device
+from gbm.runs import resolve_device
 
 
 def torch_fidelity_direct(images: np.ndarray, device: torch.device, batch_size: int) -> float:

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import platform
 import subprocess
 import sys
-import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 
+from gbm.data.atomic import write_stream_atomic, write_text_atomic
 from gbm.models import ScoreModel
 from gbm.nets import build_backbone
 from gbm.sde import SDE, make_sde
@@ -54,8 +53,10 @@ class RunDir:
         return sorted(found)
 
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str | torch.device = "auto") -> torch.device:
     """``auto`` -> CUDA when available, else CPU; otherwise the named device, checked to exist."""
+    if isinstance(name, torch.device):
+        return name
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -67,32 +68,12 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
-def atomic_write_bytes(path: Path, write) -> None:
-    """Write a file via a temporary sibling and ``os.replace``: readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def atomic_torch_save(obj, path: Path) -> None:
-    atomic_write_bytes(path, lambda handle: torch.save(obj, handle))
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, lambda handle: handle.write(text.encode()))
+    write_stream_atomic(path, lambda handle: torch.save(obj, handle))
 
 
 def write_json(path: Path, data: dict) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def git_revision() -> dict:

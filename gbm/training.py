@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from gbm import pixels, toy
 from gbm.config import RESUMABLE_KEYS, Config, check_loss_options, diff_keys
+from gbm.data.atomic import write_text_atomic
 from gbm.ema import EMA
 from gbm.losses import check_training_data, make_loss
 from gbm.models import ScoreModel, state_shape
@@ -35,7 +36,6 @@ from gbm.runs import (
     MODEL_FORMAT,
     RunDir,
     atomic_torch_save,
-    atomic_write_text,
     environment_record,
     resolve_device,
     sde_record,
@@ -208,7 +208,7 @@ class _LossLog:
         text.write("step,loss\n")
         for r in rows:
             text.write(f"{r['step']},{r['loss']}\n")
-        atomic_write_text(self.path, text.getvalue())
+        write_text_atomic(self.path, text.getvalue())
         self.recent = [float(r["loss"]) for r in rows[-100:]]
 
     def add(self, step: int, loss: torch.Tensor) -> None:
@@ -288,7 +288,7 @@ def train(config: Config, run_dir: str | Path, device: str | torch.device = "aut
         wall_before = state["wall_time_s"]
 
     run.root.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run.config, yaml.safe_dump(config.to_dict(), sort_keys=False))
+    write_text_atomic(run.config, yaml.safe_dump(config.to_dict(), sort_keys=False))
     environment = json.loads(run.environment.read_text()) if start and run.environment.is_file() else {}
     sessions = environment.get("sessions", []) + [environment_record(device) | {"resumed_from_step": start}]
     write_json(run.environment, {"seed": config.seed, "device": str(device), "sessions": sessions})

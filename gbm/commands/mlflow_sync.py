@@ -26,7 +26,7 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from gbm.pipeline.tracking import sync, tracking_uri
-    from gbm.pipeline.files import write_text_atomic
+    from gbm.data.atomic import write_text_atomic
 
     results = Path(args.results)
     summary = sync(results, args.experiment, seed_dirs=args.run, uri=args.uri)

@@ -13,7 +13,7 @@ def _pairs(inputs: list[str], outputs: list[str], what: str) -> list[tuple[Path,
 
 
 def _aggregate(args) -> int:
-    from gbm.pipeline.files import write_text_atomic
+    from gbm.data.atomic import write_text_atomic
     from gbm.pipeline.tables import aggregate
 
     runs = aggregate([Path(p) for p in args.metrics])
@@ -91,7 +91,7 @@ def _trajectories(args) -> int:
 
 
 def _timing(args) -> int:
-    from gbm.pipeline.files import write_text_atomic
+    from gbm.data.atomic import write_text_atomic
     from gbm.pipeline.timing import timing_report
 
     text = json.dumps(timing_report(Path(args.results), args.cores, args.threads), indent=2) + "\n"

@@ -97,7 +97,8 @@ def run(args) -> int:
     from gbm import pixels
     from gbm.guidance import guided_from_options, options_from_pairs
     from gbm.models import state_shape
-    from gbm.runs import atomic_write_bytes, git_revision, load_model, resolve_device, write_json
+    from gbm.data.atomic import write_stream_atomic
+    from gbm.runs import git_revision, load_model, resolve_device, write_json
     from gbm.sampling import SAMPLERS, sample, validate_request
     from gbm.seeding import PerSampleGenerator
 
@@ -179,7 +180,7 @@ def run(args) -> int:
     arrays = {"points" if space == "toy" else "images": np.concatenate(outputs), "seeds": seeds,
               "meta": np.array(json.dumps(meta, default=str))}
     out = Path(args.out)
-    atomic_write_bytes(out, lambda handle: np.savez(handle, **arrays))
+    write_stream_atomic(out, lambda handle: np.savez(handle, **arrays))
     write_json(out.with_suffix(".json"), meta)
     print(f"gbm sample: {args.n} samples, nfe {stats['nfe']}, {wall:.1f} s -> {out}", file=sys.stderr)
     return 0

@@ -6,7 +6,7 @@ import contextlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Callable, Iterator
 
 
 @contextlib.contextmanager
@@ -23,6 +23,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        with open(tmp, "rb") as written:  # on disk before it takes the final name
+            os.fsync(written.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -32,6 +34,17 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    write_bytes_atomic(path, text.encode())
+
+
+def write_stream_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], object]) -> None:
+    """Atomically write what ``write(handle)`` writes to a binary file handle (``torch.save``, ``np.savez``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        write(handle)
 
 
 def cache_dir() -> Path:

@@ -18,16 +18,10 @@ import numpy as np
 import torch
 
 from gbm.metrics.weights import EXTRACTOR_NAME, inception_weights
+from gbm.runs import resolve_device
 
 LIBRARIES = ("torch-fidelity", "clean-fid")
 CLEANFID_MODES = ("clean", "tf1-bilinear")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` -> CUDA when available, else CPU."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def validate_images(images, what: str) -> np.ndarray:

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from gbm.pipeline.files import atomic_path  # noqa: E402
+from gbm.data.atomic import atomic_path  # noqa: E402
 
 plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "font.size": 9, "axes.titlesize": 9})
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from gbm.pipeline.files import write_text_atomic
+from gbm.data.atomic import write_text_atomic
 
 GROUP = ["dataset", "method", "sampler", "steps"]
 GUIDANCE_MARK = "†"

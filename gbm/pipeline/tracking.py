@@ -245,7 +245,7 @@ class Mirror:
                 return runs
 
     def write(self, record: Record, existing: dict, summary: SyncSummary, parent_id: str | None = None) -> str:
-        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.entities import Metric, Param
 
         digest = record.digest(salt=parent_id or "")
         old = existing.get(record.key, [])

@@ -16,8 +16,6 @@ SAMPLERS = ("sign-agnostic", "dale-langevin")
 
 def sampler_snapshots(run_dir: Path, sampler: str, steps: int, count: int, images: int, device: str = "auto"):
     """uint8 frames (count, images, C, H, W) from the prior to the final sample, and their times."""
-    import torch
-
     from gbm import pixels
     from gbm.models import state_shape
     from gbm.runs import load_model, resolve_device
