@@ -2,7 +2,7 @@
 
 The pipeline's ``resolved_config`` rule passes the configuration Snakemake resolved (config file(s) alone,
 ``--config`` overrides, schema defaults; ``gbm.pipeline.config.resolve_config``); this command checks it
-and writes it as YAML, atomically, and only when its content changed (an unchanged file keeps its time).
+against the schema and writes it as YAML, atomically, and only when its content changed (an unchanged file keeps its time).
 """
 
 from __future__ import annotations
@@ -24,10 +24,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from gbm.data.atomic import write_text_atomic
-    from gbm.pipeline.config import check_config, resolved_config_text
+    from gbm.pipeline.config import resolved_config_text, validate_schema
 
     config = json.loads(args.config_json)
-    check_config(config)
+    validate_schema(config)
     text = resolved_config_text(config, args.configfile, args.override)
     out = Path(args.out)
     if out.is_file() and out.read_text() == text:
