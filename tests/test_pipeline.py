@@ -106,6 +106,7 @@ BAD_CONFIGS = [
     ("model.size", KeyError, "model.size"),
     ("model.sizes", "tiny", "model.sizes"),
     ("methods.gbm.sde", {"sigmaa": 1.0}, "methods.gbm.sde"),
+    ("methods.gbm.sde", {"prior_log_mean": 0.0}, "methods.gbm.sde.prior_log_mean"),
     ("methods.vp.loss", {"weighting": "x"}, "methods.vp.loss.weighting"),
     ("evaluation.neighbours.bank", 5, "evaluation.neighbours.bank"),
     ("evaluaton", {}, "evaluaton"),

@@ -25,15 +25,6 @@ DEFAULT_CONFIG_PATH = REPO_ROOT / "config" / "config.yaml"
 #: Where every pipeline run records its resolved configuration, under ``results/``.
 RESOLVED_CONFIG_NAME = "config.resolved.yaml"
 
-#: Samplers each method's trained model can be evaluated with (SPEC §3, §5, §6).
-SAMPLERS_BY_METHOD = {
-    "gbm": ("sign-agnostic", "dale-langevin"),
-    "vp": ("em", "pc", "ode"),
-    "subvp": ("em", "pc", "ode"),
-    "ve": ("em", "pc", "ode"),
-    "cld": ("sscs",),
-}
-
 
 class ConfigError(ValueError):
     """A benchmark configuration that cannot run; the message names the key."""
@@ -75,16 +66,27 @@ def validate_schema(config: dict, schema: dict | None = None) -> None:
 def check_config(config: dict) -> None:
     """Schema validation plus the cross-field checks; raises ``ConfigError`` naming the key."""
     validate_schema(config)
+    from gbm.methods import get_method, load_method_modules
+
+    try:
+        load_method_modules(config.get("method_modules") or [])
+    except ValueError as error:
+        raise ConfigError(f"config key 'method_modules': {error}") from None
     datasets = set(config["datasets"])
-    for method, spec in config["methods"].items():
-        allowed = SAMPLERS_BY_METHOD[method]
+    for entry, spec in config["methods"].items():
+        where = f"methods.{entry}.method" if "method" in spec else f"methods.{entry}"
+        try:
+            method = get_method(method_name(config, entry), field=where)
+        except ValueError as error:
+            raise ConfigError(f"config key '{where}': {str(error).partition(': ')[2]}") from None
+        allowed = sorted(method.samplers)
         for label, sampler_spec in spec["samplers"].items():
-            key = f"methods.{method}.samplers.{label}"
+            key = f"methods.{entry}.samplers.{label}"
             sampler = sampler_spec.get("sampler", label)
             if sampler not in allowed:
                 where = f"{key}.sampler" if "sampler" in sampler_spec else key
                 raise ConfigError(
-                    f"config key '{where}': unknown sampler {sampler!r} for method {method!r} "
+                    f"config key '{where}': unknown sampler {sampler!r} for method {method.name!r} "
                     f"(allowed: {', '.join(allowed)})"
                 )
             for dataset in sampler_spec.get("dataset_options", {}):
@@ -217,6 +219,11 @@ class Evaluation:
         return f"{self.run_dir}/{self.sampler}/steps{self.steps}"
 
 
+def method_name(config: dict, entry: str) -> str:
+    """The registered method behind a ``methods`` entry (the entry's key unless ``method`` is given)."""
+    return config["methods"][entry].get("method", entry)
+
+
 def sampler_name(config: dict, method: str, label: str) -> str:
     """The sampling method behind a sampler label (the label itself unless ``sampler`` is given)."""
     return config["methods"][method]["samplers"][label].get("sampler", label)
@@ -251,7 +258,7 @@ def training_config(config: dict, dataset: str, method: str, seed: int) -> dict:
     return {
         "seed": seed,
         "data": {"path": f"results/data/{dataset}.npz", "split": "train", "limit": config["data_limit"]},
-        "sde": {"name": method, **spec["sde"]},
+        "sde": {"name": method_name(config, method), **spec["sde"]},
         "model": dict(config["model"]),
         "loss": dict(spec["loss"]),
         "train": {**config["train"], **spec["train"]},
@@ -272,22 +279,25 @@ def check_training_configs(config: dict) -> None:
         check_open_sections(config, method)
 
 
-def check_open_sections(config: dict, method: str) -> None:
-    """Refuse ``sde`` and ``loss`` keys (open in the schema) that the method's SDE or loss does not take."""
-    from gbm.config import check_loss_options
-    from gbm.losses import make_loss
-    from gbm.sde import make_sde
+def check_open_sections(config: dict, entry: str) -> None:
+    """Refuse ``sde`` and ``loss`` keys (open in the schema) that the entry's method does not take."""
+    from gbm.methods import get_method
 
-    spec = config["methods"][method]
+    spec = config["methods"][entry]
+    method = get_method(method_name(config, entry))
+    fitted = sorted(set(method.fitted_params) & set(spec["sde"]))
+    if fitted:
+        raise ConfigError(f"config key 'methods.{entry}.sde.{fitted[0]}': fitted from the training data by "
+                          f"method {method.name!r}; do not set it")
     try:
-        make_sde(method, **spec["sde"])
+        method.make_sde(**spec["sde"])
     except (TypeError, ValueError) as error:
-        raise ConfigError(f"config key 'methods.{method}.sde': {str(error).removeprefix('sde: ')}") from None
+        raise ConfigError(f"config key 'methods.{entry}.sde': {str(error).removeprefix('sde: ')}") from None
     try:
-        check_loss_options(spec["loss"], make_loss)
+        method.check_loss_options(spec["loss"])
     except ValueError as error:
         key, _, message = str(error).partition(": ")
-        raise ConfigError(f"config key 'methods.{method}.{key}': {message}") from None
+        raise ConfigError(f"config key 'methods.{entry}.{key}': {message}") from None
 
 
 def training_overrides(config: dict, dataset: str, method: str, seed: int) -> list[str]:
