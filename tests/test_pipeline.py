@@ -104,6 +104,8 @@ BAD_CONFIGS = [
     ("model.size", "huge", "model.size"),
     ("evaluation.n_samples", KeyError, "evaluation"),
     ("evaluaton", {}, "evaluaton"),
+    ("methods.gbm.samplers.dale-langevin", {"steps": [5], "options": {"delta": 50}},
+     "methods.gbm.samplers.dale-langevin"),
 ]
 
 
