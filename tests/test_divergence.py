@@ -229,3 +229,67 @@ def test_pc_with_too_few_steps_for_its_langevin_step_factor_is_refused_before_sa
     with pytest.raises(ValueError, match="^steps: 19 is too few for the predictor-corrector"):
         sample(VPSDE(), score, torch.zeros(2, 3), method="pc", steps=19)
     assert torch.isfinite(sample(VPSDE(), score, torch.zeros(2, 3), method="pc", steps=20).x).all()
+
+
+def test_report_aggregate_lists_a_failed_evaluation_with_the_reason_from_its_log(tmp_path):
+    """`gbm report aggregate` writes failed.csv from the sample job's log; the tables name it and show nonfinite."""
+    import pandas as pd
+
+    from test_pipeline_tracking import fake_results
+
+    results = fake_results(tmp_path, seeds=(0,))
+    failed_dir = results / "mnist" / "gbm" / "seed0" / "dale-langevin" / "steps5"
+    log = tmp_path / "sample.log"
+    log.write_text("# command: gbm sample ...\nsome progress\ngbm sample: error: sampler 'dale-langevin' diverged: "
+                   "the state became non-finite\n")
+    stats = results / "mnist" / "vp" / "seed0" / "em" / "steps10" / "samples.json"
+    stats.write_text(json.dumps(json.loads(stats.read_text()) | {"nonfinite": 0.25}))
+    metrics = sorted(str(p) for p in results.glob("*/*/seed*/*/steps*/metrics.json"))
+    tables = tmp_path / "tables"
+    assert main(["report", "aggregate", *metrics, "--out", str(tables / "metrics.csv"), "--failed", str(failed_dir),
+                 str(log), "--failed-out", str(tables / "failed.csv")]) == 0
+    failed = pd.read_csv(tables / "failed.csv")
+    assert failed[["method", "sampler", "steps", "stage"]].values.tolist() == [["gbm", "dale-langevin", 5, "sample"]]
+    assert failed["reason"][0] == "sampler 'dale-langevin' diverged: the state became non-finite"
+    assert pd.read_csv(tables / "metrics.csv")["nonfinite"].tolist() == [0.0, 0.25]
+    floor = tmp_path / "floor.json"
+    floor.write_text(json.dumps({"fid": 3.5, "kid_mean": 1e-4}))
+    assert main(["report", "tables", "--metrics", str(tables / "metrics.csv"), "--failed", str(tables / "failed.csv"),
+                 "--floor", str(floor), "--name", "test", "--out-dir", str(tables)]) == 0
+    markdown = (tables / "benchmark.md").read_text()
+    assert "1 evaluation(s) failed" in markdown and "Non-finite %" in markdown
+    assert "- mnist / gbm / seed 0 / dale-langevin / 5 steps: sampler 'dale-langevin' diverged" in markdown
+
+
+@pytest.mark.slow
+def test_snakemake_leaves_a_failed_sampling_out_of_the_tables_and_lists_it(tmp_path):
+    """Dry runs of the default benchmark: once an evaluation's sample log records a failure of its current
+    command, no job waits on it and `gbm report aggregate` gets it as --failed; another command retries it."""
+    import re
+    import shlex
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+
+    def dry_run():
+        out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(repo / "Snakefile"), "-n", "-p", "--cores",
+                              "2", "--directory", str(tmp_path)], capture_output=True, text=True, cwd=tmp_path)
+        assert out.returncode == 0, out.stderr + out.stdout
+        counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", out.stdout.split("Job stats:")[1], re.M)}
+        return counts, out.stdout
+
+    counts, printed = dry_run()
+    target = "results/mnist/gbm/seed0/dale-langevin/steps20"
+    line = next(line for line in printed.splitlines() if f"--out {target}/samples.npz" in line and "printf" in line)
+    record = next(token for token in shlex.split(line) if token.startswith("# command: "))
+    log = tmp_path / "results/logs/sample/mnist_gbm_seed0_dale-langevin_steps20.log"
+    log.parent.mkdir(parents=True)
+    log.write_text(record + "\ngbm sample: error: sampler 'dale-langevin' diverged\n")
+    failed_counts, printed = dry_run()
+    assert failed_counts["sample"] == counts["sample"] - 1 and failed_counts["score"] == counts["score"] - 1
+    aggregate_line = next(line for line in printed.splitlines() if "gbm report aggregate" in line)
+    assert f"--failed {target} results/logs/sample/mnist_gbm_seed0_dale-langevin_steps20.log" in aggregate_line
+    log.write_text(record.replace("--steps 20", "--steps 21") + "\ngbm sample: error: old settings\n")
+    assert dry_run()[0] == counts
