@@ -18,9 +18,10 @@ from gbm.runs import load_model
 from gbm.sampling import SamplerDiverged, sample
 from gbm.seeding import PerSampleGenerator
 
-SAMPLERS = {"gbm": "dale-langevin", "vp": "em", "cld": "sscs"}
-# The final conv's bias that makes each network's score overflow float32 in its sampler's next update.
-BLOW_UP_BIAS = {"gbm": -3e38, "vp": 3e38, "cld": 3e38}
+SAMPLERS = {"gbm": "dale-langevin", "vp": "em", "cld": "sscs", "gbm-score": "dale-langevin"}
+# The final conv's bias that makes each network's score overflow float32 in its sampler's next update
+# ("gbm-score": the score parameterisation, whose raw output h Dale-Langevin exponentiates).
+BLOW_UP_BIAS = {"gbm": -3e38, "vp": 3e38, "cld": 3e38, "gbm-score": 3e38}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -44,7 +45,9 @@ def runs(tmp_path_factory):
 
     def run(sde):
         if sde not in trained:
-            config = {"data": {"path": str(data)}, "sde": {"name": sde}, "model": {"size": "tiny"},
+            name, _, parameterisation = sde.partition("-")
+            config = {"data": {"path": str(data)}, "sde": {"name": name},
+                      "model": {"size": "tiny", "parameterisation": parameterisation or "eps"},
                       "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 4, "log_every": 1}}
             (root / f"{sde}.yaml").write_text(yaml.safe_dump(config))
             assert main(["train", str(root / f"{sde}.yaml"), "--out", str(root / sde), "--device", "cpu",
