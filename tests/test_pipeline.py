@@ -110,6 +110,8 @@ BAD_CONFIGS = [
     ("methods.vp.loss", {"weighting": "x"}, "methods.vp.loss.weighting"),
     ("evaluation.neighbours.bank", 5, "evaluation.neighbours.bank"),
     ("evaluaton", {}, "evaluaton"),
+    ("methods.gbm.samplers.dale-langevin", {"steps": [5], "options": {"delta": 50}},
+     "methods.gbm.samplers.dale-langevin"),
 ]
 
 

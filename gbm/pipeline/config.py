@@ -95,7 +95,23 @@ def check_config(config: dict) -> None:
                         f"config key '{key}.dataset_options.{dataset}': dataset {dataset!r} is not in "
                         f"'datasets' ({', '.join(sorted(datasets))})"
                     )
+            _check_sampler_stability(config, entry, label, method, sampler, key)
     check_training_configs(with_defaults(config))
+
+
+def _check_sampler_stability(config: dict, entry: str, label: str, method, sampler: str, key: str) -> None:
+    """The method's own check of sampler options that cannot be stable (e.g. GBM's delta), before any job."""
+    try:
+        sde = method.make_sde(**config["methods"][entry].get("sde", {}))
+    except (ValueError, TypeError):
+        return  # the training-config check names the bad sde key
+    for dataset in config["datasets"]:
+        options = sampler_options(config, dataset, entry, label)
+        for index, steps in enumerate(config["methods"][entry]["samplers"][label]["steps"]):
+            try:
+                method.check_sampler_options(sde, sampler, steps, options)
+            except ValueError as error:
+                raise ConfigError(f"config key '{key}' (dataset {dataset}, steps[{index}] = {steps}): {error}") from None
 
 
 def with_defaults(config: dict, schema: dict | None = None) -> dict:
