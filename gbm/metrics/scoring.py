@@ -7,6 +7,9 @@
   random subsets (seeded), by torch-fidelity's ``kid_features_to_metric`` (clean-fid reports no std).
   Subset size: ``min(kid_subset_size, n_real, n_fake)`` — the requested size (default 1000, the common
   choice) shrinks to the smaller set when fewer images exist, because a subset cannot exceed its set.
+- Uncertainty (``gbm.metrics.uncertainty``): basic-bootstrap intervals ``fid_ci``/``kid_ci`` over the
+  generated samples (reference fixed) and the N-debiased ``fid_inf`` (Chong & Forsyth 2020), from the same
+  features; ``bootstrap_draws=0`` turns them off.
 - Precision/recall: k-NN manifolds (Kynkäänniemi et al. 2019, k = ``prc_neighbourhood``, default 3), by
   torch-fidelity's ``prc_features_to_metric``; reported as null when a set has at most k images.
 """
@@ -24,6 +27,7 @@ import torch
 from gbm.metrics.features import check_library, extract_features, extractor_description
 from gbm.metrics.inputs import ImageSet, load_image_set
 from gbm.metrics.reference import reference_features
+from gbm.metrics.uncertainty import DEFAULT_DRAWS, DEFAULT_LEVEL, bootstrap, check_bootstrap_options, fid_infinity
 
 
 def metrics_from_features(
@@ -35,8 +39,10 @@ def metrics_from_features(
     kid_subset_size: int = 1000,
     prc_neighbourhood: int = 3,
     seed: int = 0,
+    bootstrap_draws: int = DEFAULT_DRAWS,
+    bootstrap_level: float = DEFAULT_LEVEL,
 ) -> dict:
-    """FID, KID mean/std, precision, recall from two feature arrays (N x 2048)."""
+    """FID, KID mean/std, precision, recall, their bootstrap intervals and FID_inf from two feature arrays (N x 2048)."""
     from torch_fidelity.metric_fid import fid_statistics_to_metric
     from torch_fidelity.metric_kid import kid_features_to_metric
     from torch_fidelity.metric_prc import prc_features_to_metric
@@ -62,7 +68,7 @@ def metrics_from_features(
         if min(len(real), len(fake)) > prc_neighbourhood:
             prc = prc_features_to_metric(fake_t, real_t, prc_neighborhood=prc_neighbourhood, prc_batch_size=10000,
                                          save_cpu_ram=True, verbose=False)
-    return {
+    result = {
         "fid": fid,
         "kid_mean": kid["kernel_inception_distance_mean"],
         "kid_std": kid["kernel_inception_distance_std"],
@@ -78,6 +84,13 @@ def metrics_from_features(
                                  "implementation": f"torch-fidelity {version('torch_fidelity')}"},
         },
     }
+    if bootstrap_draws:
+        intervals = bootstrap(real, fake, draws=bootstrap_draws, level=bootstrap_level, seed=seed)
+        result["protocol"]["bootstrap"] = intervals.pop("protocol")
+        debiased = fid_infinity(real, fake, seed=seed)
+        result["protocol"]["fid_inf"] = debiased.pop("protocol")
+        result.update(intervals, **debiased)
+    return result
 
 
 def _as_set(value, what: str, split: str | None) -> ImageSet:
@@ -109,6 +122,7 @@ def score(
     with ``sid`` also the signed inception distance (``gbm.metrics.sid``) from the same features.
     """
     check_library(library, cleanfid_mode)
+    check_bootstrap_options(metric_options.get("bootstrap_draws", DEFAULT_DRAWS), metric_options.get("bootstrap_level", DEFAULT_LEVEL))
     real_set, fake_set = _as_set(real, "real images", real_split), _as_set(fake, "fake images", None)
     real_set, fake_set = real_set.first(n), fake_set.first(n)
     from gbm.metrics.features import validate_images
