@@ -84,7 +84,20 @@ def check_config(config: dict) -> None:
                         f"config key '{key}.dataset_options.{dataset}': dataset {dataset!r} is not in "
                         f"'datasets' ({', '.join(sorted(datasets))})"
                     )
+    check_baseline(with_defaults(config))
     check_training_configs(with_defaults(config))
+
+
+def check_baseline(config: dict) -> None:
+    """The comparisons baseline is an evaluated method and sampler label; ConfigError naming the key."""
+    baseline = config["comparisons"]["baseline"]
+    if baseline["method"] not in config["methods"]:
+        raise ConfigError(f"config key 'comparisons.baseline.method': {baseline['method']!r} is not under 'methods' "
+                          f"({', '.join(config['methods'])})")
+    samplers = config["methods"][baseline["method"]]["samplers"]
+    if baseline["sampler"] not in samplers:
+        raise ConfigError(f"config key 'comparisons.baseline.sampler': {baseline['sampler']!r} is not a sampler of "
+                          f"method {baseline['method']!r} ({', '.join(samplers)})")
 
 
 def with_defaults(config: dict) -> dict:
@@ -107,6 +120,7 @@ def with_defaults(config: dict) -> dict:
     neighbours.setdefault("queries", 8)
     neighbours.setdefault("k", 5)
     neighbours.setdefault("training_images", 60000)
+    config.setdefault("comparisons", {}).setdefault("baseline", {"method": "vp", "sampler": "em"})
     figures = config.setdefault("figures", {})
     figures.setdefault("trajectory_snapshots", 8)
     figures.setdefault("histogram_times", [0.0, 0.05, 0.2, 0.5, 1.0])

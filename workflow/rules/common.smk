@@ -126,6 +126,8 @@ def all_targets():
     targets = [
         "results/tables/benchmark.csv",
         "results/tables/floor.csv",
+        "results/tables/comparisons.csv",
+        "results/figures/comparisons.png",
         "results/figures/fid_kid_vs_nfe.png",
         "results/figures/training_loss.png",
         "results/figures/toy_gbm.png",
