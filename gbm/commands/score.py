@@ -30,6 +30,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fake", required=True, help="sample .npz, prepared dataset FILE.npz:SPLIT, or image folder")
     parser.add_argument("--real-split", choices=("train", "test"), default=None, help="split of a prepared --real file")
     parser.add_argument("--n", type=int, default=None, help="use the first N images of each set")
+    parser.add_argument("--real-features", default=None,
+                        help="features of the reference images from `gbm floor --save-reference` (checked by hash)")
+    parser.add_argument("--save-features", default=None, help="write the generated images' features here (.npz)")
     add_metric_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -48,5 +51,6 @@ def metric_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    emit(score(args.real, args.fake, n=args.n, real_split=args.real_split, **metric_options(args)), args.out)
+    emit(score(args.real, args.fake, n=args.n, real_split=args.real_split, real_features=args.real_features,
+               save_fake_features=args.save_features, **metric_options(args)), args.out)
     return 0

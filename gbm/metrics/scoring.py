@@ -113,12 +113,17 @@ def score(
     cache: bool = True,
     stats_dir=None,
     sid: bool = True,
+    real_features: str | None = None,
+    save_real_features: str | None = None,
+    save_fake_features: str | None = None,
     **metric_options,
 ) -> dict:
     """Score ``fake`` against ``real`` (each: ImageSet, uint8 array (N, C, H, W), or a path spec).
 
     ``n`` takes the first n images of each set. Reference features are cached by content hash unless
-    ``cache`` is False. Returns metrics with sample counts, the feature extractor and the library;
+    ``cache`` is False; ``real_features`` reads them from a features file instead (``gbm.metrics.store``,
+    checked against the images), and ``save_real_features``/``save_fake_features`` write the features used,
+    so later jobs read them instead of running Inception again. Returns metrics with sample counts, the feature extractor and the library;
     with ``sid`` also the signed inception distance (``gbm.metrics.sid``) from the same features.
     """
     check_library(library, cleanfid_mode)
@@ -134,13 +139,22 @@ def score(
             f"channel counts differ: {real_set.description} has {real_set.images.shape[1]}, "
             f"{fake_set.description} has {fake_set.images.shape[1]}"
         )
+    from gbm.metrics.store import load_features, save_features
+
     began = time.perf_counter()
-    if cache:
+    if real_features is not None:
+        real_features, cache_state = load_features(real_features, real_set, library, cleanfid_mode), "file"
+    elif cache:
         real_features, cache_state = reference_features(real_set, library, cleanfid_mode=cleanfid_mode, device=device, stats_dir=stats_dir)
     else:
         real_features, cache_state = extract_features(real_set.images, library, device=device, cleanfid_mode=cleanfid_mode), "off"
     fake_features = extract_features(fake_set.images, library, device=device, cleanfid_mode=cleanfid_mode, what=fake_set.description)
     features_seconds = time.perf_counter() - began
+    if save_real_features:
+        save_features(save_real_features, real_set, real_features, library, cleanfid_mode)
+    if save_fake_features:
+        save_features(save_fake_features, fake_set, fake_features, library, cleanfid_mode)
+    began = time.perf_counter()
     result = metrics_from_features(real_features, fake_features, library, **metric_options)
     if sid:
         from gbm.metrics.sid import signed_inception_distance
@@ -154,6 +168,6 @@ def score(
         library=extractor_description(library, cleanfid_mode)["library"],
         feature_extractor=extractor_description(library, cleanfid_mode),
         reference_cache=cache_state,
-        timing={"features_s": features_seconds},
+        timing={"features_s": features_seconds, "metrics_s": time.perf_counter() - began},
     )
     return result
