@@ -98,3 +98,20 @@ def test_a_baseline_without_runs_is_named(tmp_path):
 
     with pytest.raises(ValueError, match="comparisons.baseline"):
         comparisons_table(runs, {"method": "ve", "sampler": "em"})
+
+
+def test_report_over_the_same_metrics_writes_identical_tables(tmp_path):
+    """Repeatability: every interval is seeded, so the same metrics give byte-identical tables."""
+    from gbm.pipeline.comparisons import comparisons_table, write_comparisons
+    from gbm.pipeline.tables import floor_table, write_tables
+
+    results = write_results(tmp_path / "results")
+    floor = tmp_path / "floor.json"
+    floor.write_text(json.dumps({"fid": 3.5, "kid_mean": 1e-4, "fid_ci": [3.0, 4.0], "fid_inf": 0.5}))
+    outputs = []
+    for attempt in ("a", "b"):
+        runs = aggregate(sorted(results.glob("*/*/seed*/*/steps*/metrics.json")))
+        written = write_tables(runs, floor_table([floor]), tmp_path / attempt, "test")
+        written += write_comparisons(comparisons_table(runs, {"method": "vp", "sampler": "em"}), tmp_path / attempt, "test")
+        outputs.append({p.name: p.read_bytes() for p in written})
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 9
