@@ -34,12 +34,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-def floor(path: Path, n: int, seed: int = 0, **options) -> dict:
-    """Score N seeded training images against the first N test images of a prepared dataset."""
+def floor(path: Path, n: int, seed: int = 0, *, bank: int | None = None, save_bank: str | None = None,
+          **options) -> dict:
+    """Score N seeded training images against the first N test images of a prepared dataset; with ``bank``,
+    also write the first ``bank`` training images' features to ``save_bank``."""
     prepared = load_prepared(path)
     train = prepared.images("train")
     if not 2 <= n <= min(len(train), len(prepared.images("test"))):
         raise ValueError(f"--n {n}: need 2 <= n <= {min(len(train), len(prepared.images('test')))} for {path}")
+    if (bank is None) != (save_bank is None):
+        raise ValueError("--bank and --save-bank: give both or neither")
+    if bank is not None and not 1 <= bank:
+        raise ValueError(f"--bank {bank}: must be a positive number of training images")
     chosen = np.sort(np.random.default_rng(seed).choice(len(train), n, replace=False))
     fake = ImageSet(train[chosen], f"{path}:train[seed {seed}, {n} images]")
     result = score(ImageSet(prepared.images("test"), f"{path}:test"), fake, n=n, **options)
