@@ -32,8 +32,13 @@ DEFAULT_INF_DRAWS = 25
 _GATHER_BYTES = 64 * 2**20  # memory of one chunk of gathered (draws, n_a, n_b) blocks
 
 
+def _device() -> torch.device:
+    """The job's GPU when it has one (paper-scale N > d needs (d x d) eigenproblems per draw), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _features(values, what: str) -> torch.Tensor:
-    array = torch.as_tensor(np.asarray(values), dtype=torch.float64)
+    array = torch.as_tensor(np.asarray(values), dtype=torch.float64, device=_device())
     if array.ndim != 2 or array.shape[0] < 2 or array.shape[1] < 1:
         raise ValueError(f"{what}: expected a feature array (N >= 2, d), got shape {tuple(array.shape)}")
     if not torch.isfinite(array).all():
@@ -62,7 +67,8 @@ class FeaturePair:
 
     def fid(self, real_index: np.ndarray, fake_index: np.ndarray) -> np.ndarray:
         """FID of each row's subsets: ``real_index`` (draws, n_a), ``fake_index`` (draws, n_b), repeats allowed."""
-        real_index, fake_index = torch.as_tensor(real_index), torch.as_tensor(fake_index)
+        device = self.real.device
+        real_index, fake_index = torch.as_tensor(real_index, device=device), torch.as_tensor(fake_index, device=device)
         if max(real_index.shape[1], fake_index.shape[1]) <= self.dim:
             return self._fid_gram(real_index, fake_index)
         return self._fid_covariance(real_index, fake_index)
@@ -86,12 +92,12 @@ class FeaturePair:
             gram = small @ small.transpose(1, 2)
             cross = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt().sum(1) / math.sqrt((na - 1) * (nb - 1))
             out.append(mean_term + trace_r + trace_f - 2 * cross)
-        return torch.cat(out).numpy()
+        return torch.cat(out).cpu().numpy()
 
     def _fid_covariance(self, ia: torch.Tensor, ib: torch.Tensor) -> np.ndarray:
         out, cached = [], {}
         for a, b in zip(ia, ib):
-            key = a.numpy().tobytes()
+            key = a.cpu().numpy().tobytes()
             if key not in cached:  # a fixed reference: its square root once
                 x = self.real[a]
                 values, vectors = torch.linalg.eigh(torch.cov(x.T))
@@ -101,7 +107,7 @@ class FeaturePair:
             cov_b = torch.cov(y.T)
             cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()
             out.append(((mean_a - y.mean(0)) ** 2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
-        return torch.stack(out).numpy()
+        return torch.stack(out).cpu().numpy()
 
 
 def frechet_distance(real, fake) -> float:
@@ -145,10 +151,11 @@ def bootstrap(real, fake, *, draws: int = DEFAULT_DRAWS, level: float = DEFAULT_
     k_rr = _polynomial_kernel(pair.raw_real, pair.raw_real)
     cross_means = _polynomial_kernel(pair.raw_fake, pair.raw_real).mean(1)
     within_real = (k_rr.sum() - k_rr.trace()) / (n_real * (n_real - 1))
-    counts = torch.as_tensor(np.stack([np.bincount(row, minlength=n_fake) for row in resamples]), dtype=torch.float64)
+    counts = torch.as_tensor(np.stack([np.bincount(row, minlength=n_fake) for row in resamples]), dtype=torch.float64,
+                             device=k_ff.device)
     distinct_pairs = n_fake**2 - (counts**2).sum(1)
     within_fake = (((counts @ k_ff) * counts).sum(1) - (counts**2 * k_ff.diagonal()).sum(1)) / distinct_pairs
-    kid_replicates = (within_fake + within_real - 2 * counts @ cross_means / n_fake).numpy()
+    kid_replicates = (within_fake + within_real - 2 * counts @ cross_means / n_fake).cpu().numpy()
     kid = float((k_ff.sum() - k_ff.trace()) / (n_fake * (n_fake - 1)) + within_real - 2 * cross_means.mean())
     return {
         "fid_ci": basic_interval(fid, fid_replicates, level),

@@ -116,6 +116,7 @@ def with_defaults(config: dict) -> dict:
     evaluation.setdefault("reference_split", "test")
     evaluation.setdefault("batch_size", 250)
     evaluation.setdefault("grid", 64)
+    evaluation.setdefault("bootstrap_draws", 1000)
     neighbours = evaluation.setdefault("neighbours", {})
     neighbours.setdefault("queries", 8)
     neighbours.setdefault("k", 5)
