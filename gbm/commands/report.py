@@ -41,6 +41,25 @@ def _tables(args) -> int:
     return 0
 
 
+def _comparisons(args) -> int:
+    import pandas as pd
+
+    from gbm.pipeline.comparisons import comparisons_table, write_comparisons
+    from gbm.pipeline.figures import comparison_figure
+
+    method, _, sampler = args.baseline.partition("/")
+    if not method or not sampler:
+        raise ValueError(f"--baseline: expected METHOD/SAMPLER (e.g. vp/em), got {args.baseline!r}")
+    if not 0 < args.level < 1:
+        raise ValueError(f"--level: must lie strictly between 0 and 1, got {args.level}")
+    table = comparisons_table(pd.read_csv(args.metrics), {"method": method, "sampler": sampler}, level=args.level,
+                              draws=args.draws, seed=args.seed)
+    written = write_comparisons(table, Path(args.out_dir), args.name)
+    comparison_figure(table, Path(args.figure))
+    print("\n".join(str(p) for p in [*written, args.figure]))
+    return 0
+
+
 def _grids(args) -> int:
     from gbm.pipeline.figures import sample_grid
 
@@ -128,6 +147,17 @@ def add_parser(subparsers) -> None:
     p.add_argument("--failed", help="failed.csv from `gbm report aggregate`: listed under the table")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=_tables)
+
+    p = steps.add_parser("comparisons", help="each configuration against the baseline: ΔFID/ΔKID, interval, verdict")
+    p.add_argument("--metrics", required=True, help="the aggregated CSV (its paths lead to each metrics.json)")
+    p.add_argument("--baseline", default="vp/em", help="METHOD/SAMPLER compared against (config 'comparisons')")
+    p.add_argument("--level", type=float, default=0.95)
+    p.add_argument("--draws", type=int, default=2000, help="two-stage bootstrap draws")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", required=True, help="benchmark name for the caption")
+    p.add_argument("--out-dir", required=True, help="comparisons.{csv,md,tex} go here")
+    p.add_argument("--figure", required=True, help="comparisons .png (a .pdf beside it)")
+    p.set_defaults(func=_comparisons)
 
     p = steps.add_parser("grids", help="sample grid figures")
     p.add_argument("--samples", nargs="+", required=True)

@@ -96,6 +96,7 @@ def check_config(config: dict) -> None:
                         f"'datasets' ({', '.join(sorted(datasets))})"
                     )
             _check_sampler_stability(config, entry, label, method, sampler, key)
+    check_baseline(with_defaults(config))
     check_training_configs(with_defaults(config))
 
 
@@ -112,6 +113,18 @@ def _check_sampler_stability(config: dict, entry: str, label: str, method, sampl
                 method.check_sampler_options(sde, sampler, steps, options)
             except ValueError as error:
                 raise ConfigError(f"config key '{key}' (dataset {dataset}, steps[{index}] = {steps}): {error}") from None
+
+
+def check_baseline(config: dict) -> None:
+    """The comparisons baseline is an evaluated method and sampler label; ConfigError naming the key."""
+    baseline = config["comparisons"]["baseline"]
+    if baseline["method"] not in config["methods"]:
+        raise ConfigError(f"config key 'comparisons.baseline.method': {baseline['method']!r} is not under 'methods' "
+                          f"({', '.join(config['methods'])})")
+    samplers = config["methods"][baseline["method"]]["samplers"]
+    if baseline["sampler"] not in samplers:
+        raise ConfigError(f"config key 'comparisons.baseline.sampler': {baseline['sampler']!r} is not a sampler of "
+                          f"method {baseline['method']!r} ({', '.join(samplers)})")
 
 
 def with_defaults(config: dict, schema: dict | None = None) -> dict:

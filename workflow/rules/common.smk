@@ -173,6 +173,8 @@ def all_targets():
         "results/figures/toy_gbm.png",
         "results/timing.json",
     ]
+    if config["evaluation"]["bootstrap_draws"]:  # the comparisons need each evaluation's bootstrap replicates
+        targets += ["results/tables/comparisons.csv", "results/figures/comparisons.png"]
     targets += [f"results/figures/forward_histograms_{d}.png" for d in DATASETS]
     targets += [f"results/figures/samples/{figure_stem(e)}.png" for e in shown_evaluations()]
     targets += [f"results/figures/neighbours/{figure_stem(e)}.png" for e in shown_evaluations()]

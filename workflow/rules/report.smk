@@ -43,6 +43,27 @@ rule tables:
         "--out-dir results/tables > {log} 2>&1"
 
 
+rule comparisons:
+    input:
+        "results/tables/metrics.csv",  # each row's metrics.json holds the bootstrap replicates
+    output:
+        table=report("results/tables/comparisons.csv", caption="../report/comparisons.rst", category="Tables"),
+        markdown="results/tables/comparisons.md",
+        latex="results/tables/comparisons.tex",
+        png=report("results/figures/comparisons.png", caption="../report/comparisons.rst", category="Metrics"),
+        pdf="results/figures/comparisons.pdf",
+    params:
+        baseline=f"{config['comparisons']['baseline']['method']}/{config['comparisons']['baseline']['sampler']}",
+        name=config["name"],
+    log:
+        "results/logs/report/comparisons.log",
+    benchmark:
+        "results/benchmarks/report/comparisons.tsv"
+    shell:
+        "gbm report comparisons --metrics {input} --baseline {params.baseline} --name {params.name} "
+        "--out-dir results/tables --figure {output.png} > {log} 2>&1"
+
+
 rule figure_samples:
     input:
         [f"{e.directory}/samples.npz" for e in SHOWN],
