@@ -115,7 +115,7 @@ BAD_CONFIGS = [
      "methods.gbm.samplers.dale-langevin"),
     ("comparisons", {"baseline": {"method": "ve", "sampler": "em"}}, "comparisons.baseline.method"),
     ("comparisons", {"baseline": {"method": "vp", "sampler": "pc"}}, "comparisons.baseline.sampler"),
-    ("comparisons", {"baseline": {"method": "vp"}}, "comparisons.baseline"),
+    ("comparisons", {"baseline": {"method": "vp"}}, "comparisons.baseline.sampler"),
 ]
 
 
@@ -141,7 +141,7 @@ def test_training_overrides_keep_the_backbone_and_budget_equal_across_methods():
     gbm = {o for o in training_overrides(config, "mnist", "gbm", 0) if not o.startswith("sde.")}
     vp = {o for o in training_overrides(config, "mnist", "vp", 0) if not o.startswith("sde.")}
     assert gbm == vp
-    assert len({e.run_dir for e in evaluations(config)}) == 4
+    assert len({e.run_dir for e in evaluations(config)}) == 8  # 2 datasets x 2 methods x 2 seeds
 
 
 # --- GPU slots ------------------------------------------------------------------------------------------

@@ -96,7 +96,8 @@ def check_config(config: dict) -> None:
                         f"'datasets' ({', '.join(sorted(datasets))})"
                     )
             _check_sampler_stability(config, entry, label, method, sampler, key)
-    check_baseline(with_defaults(config))
+    if "baseline" in config.get("comparisons", {}):  # the default baseline is optional: no VP, no comparisons
+        check_baseline(with_defaults(config))
     check_training_configs(with_defaults(config))
 
 
@@ -113,6 +114,12 @@ def _check_sampler_stability(config: dict, entry: str, label: str, method, sampl
                 method.check_sampler_options(sde, sampler, steps, options)
             except ValueError as error:
                 raise ConfigError(f"config key '{key}' (dataset {dataset}, steps[{index}] = {steps}): {error}") from None
+
+
+def has_baseline(config: dict) -> bool:
+    """Whether the comparisons baseline (given, or the default VP Euler–Maruyama) is evaluated in ``config``."""
+    baseline = config["comparisons"]["baseline"]
+    return baseline["sampler"] in config["methods"].get(baseline["method"], {}).get("samplers", {})
 
 
 def check_baseline(config: dict) -> None:

@@ -12,6 +12,7 @@ from gbm.pipeline.config import (  # noqa: E402
     RESOLVED_CONFIG_NAME,
     method_name,
     evaluations,
+    has_baseline,
     parse_overrides,
     resolve_config,
     sampler_name,
@@ -173,7 +174,8 @@ def all_targets():
         "results/figures/toy_gbm.png",
         "results/timing.json",
     ]
-    if config["evaluation"]["bootstrap_draws"]:  # the comparisons need each evaluation's bootstrap replicates
+    # The comparisons need each evaluation's bootstrap replicates and an evaluated baseline.
+    if config["evaluation"]["bootstrap_draws"] and has_baseline(config):
         targets += ["results/tables/comparisons.csv", "results/figures/comparisons.png"]
     targets += [f"results/figures/forward_histograms_{d}.png" for d in DATASETS]
     targets += [f"results/figures/samples/{figure_stem(e)}.png" for e in shown_evaluations()]
