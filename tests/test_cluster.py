@@ -199,7 +199,7 @@ def test_training_cancelled_by_scancel_resumes_to_the_same_model(cluster, prepar
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.time() + 300
-        while not list((run / "checkpoints").glob("*.pt")):
+        while not list((run / "checkpoints").glob("step_*.pt")):
             assert first.poll() is None and time.time() < deadline, "no checkpoint appeared"
             time.sleep(0.2)
         running = subprocess.run(["squeue", "-h", "-o", "%i", "-t", "RUNNING"], capture_output=True, text=True,
@@ -215,7 +215,7 @@ def test_training_cancelled_by_scancel_resumes_to_the_same_model(cluster, prepar
         first.send_signal(signal.SIGINT)
         first_log = first.communicate(timeout=300)[0]
         assert first.returncode != 0 and not (run / "model.pt").exists(), first_log[-3000:]
-        interrupted_at = max(int(p.stem.split("_")[-1]) for p in (run / "checkpoints").glob("*.pt"))
+        interrupted_at = max(int(p.stem.split("_")[-1]) for p in (run / "checkpoints").glob("step_*.pt"))
         assert 0 < interrupted_at < 200
 
         snakemake(work, *args)
