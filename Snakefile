@@ -27,6 +27,24 @@ include: "workflow/rules/track.smk"
 include: "workflow/rules/report.smk"
 
 
+# Light rules run where Snakemake runs (on a cluster: the submit host, which can also reach the network and
+# the MLflow server); compute rules (train, sample, score, neighbours, floor, figure_trajectories) are jobs.
+localrules:
+    all,
+    resolved_config,
+    prepare_data,
+    track,
+    aggregate,
+    tables,
+    figure_samples,
+    figure_neighbours,
+    figure_forward,
+    figure_toy,
+    figure_nfe,
+    figure_loss,
+    timing,
+
+
 rule all:
     input:
         all_targets(),

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 LOCK_DIR_ENV = "GBM_GPU_LOCK_DIR"
@@ -38,10 +38,12 @@ SLOTS_ENV = "GBM_GPU_SLOTS"
 
 @dataclass(frozen=True)
 class Slot:
-    """A device held by this process: ``device`` is ``"cpu"`` or a CUDA id; ``fd`` the held lock (or None)."""
+    """A device held by this process: ``device`` is ``"cpu"`` or a CUDA id; ``fd`` the held lock (or None);
+    ``source`` where the device list came from (``visible_devices``)."""
 
     device: str
     fd: int | None
+    source: str = field(default="none", compare=False)
 
     @property
     def is_gpu(self) -> bool:
@@ -109,9 +111,9 @@ def acquire(lock_dir: Path | None = None, environ: dict | None = None, timeout: 
     environ = os.environ if environ is None else environ
     devices, source = visible_devices(environ)
     if not devices:
-        return Slot("cpu", None)
+        return Slot("cpu", None, source)
     if len(devices) == 1 and source == "CUDA_VISIBLE_DEVICES":
-        return Slot(devices[0], None)
+        return Slot(devices[0], None, source)
     lock_dir = default_lock_dir(environ) if lock_dir is None else Path(lock_dir)
     lock_dir.mkdir(parents=True, exist_ok=True)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -119,7 +121,7 @@ def acquire(lock_dir: Path | None = None, environ: dict | None = None, timeout: 
         for device in devices:  # the first free one, in order
             fd = _try_lock(lock_dir / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', device)}.lock")
             if fd is not None:
-                return Slot(device, fd)
+                return Slot(device, fd, source)
         if deadline is not None and time.monotonic() > deadline:
             raise TimeoutError(f"no free GPU among {devices} (from {source}) after {timeout} s")
         time.sleep(poll)
@@ -136,6 +138,15 @@ def job_environment(slot: Slot, environ: dict | None = None) -> dict:
     return env
 
 
+def scheduler_record(environ: dict | None = None) -> str:
+    """What the scheduler gave this job, as the wrapper found it (one line for the job's log)."""
+    environ = os.environ if environ is None else environ
+    if not environ.get("SLURM_JOB_ID"):
+        return "no SLURM job"
+    given = {key: environ.get(key, "(unset)") for key in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_GPUS", "SLURM_STEP_GPUS")}
+    return f"SLURM job {environ['SLURM_JOB_ID']} set " + " ".join(f"{k}={v}" for k, v in given.items())
+
+
 def run_with_device(command: list[str], lock_dir: Path | None = None, timeout: float | None = None) -> int:
     """Acquire a slot, then ``exec`` ``command`` holding it (the lock is released when it exits)."""
     if not command:
@@ -143,6 +154,7 @@ def run_with_device(command: list[str], lock_dir: Path | None = None, timeout: f
     slot = acquire(lock_dir, timeout=timeout)
     label = f"GPU {slot.device} (CUDA_VISIBLE_DEVICES={slot.device})" if slot.is_gpu else "CPU (no GPU visible)"
     print(f"gbm with-device: {label} for: {' '.join(command)}", file=sys.stderr, flush=True)
+    print(f"gbm with-device: devices from {slot.source}; {scheduler_record()}", file=sys.stderr, flush=True)
     if slot.fd is not None:
         os.set_inheritable(slot.fd, True)
     os.execvpe(command[0], command, job_environment(slot))

@@ -40,6 +40,18 @@ RESOLVED_CONFIG = f"results/{RESOLVED_CONFIG_NAME}"
 os.environ["GBM_METHOD_MODULES"] = os.pathsep.join(
     str(Path(m).resolve()) if m.endswith(".py") else m for m in config["method_modules"]
 )
+
+
+onstart:
+    # On SLURM: stop here, before any job is submitted, where the executor's job-status query fails
+    # (it would otherwise lose every job and wait forever; gbm/pipeline/slurm.py).
+    if workflow.executor_plugin is not None and workflow.executor_plugin.name == "slurm":
+        from gbm.pipeline.slurm import check_status_query
+
+        settings = workflow.executor_settings
+        check_status_query(settings.status_command, settings.init_seconds_before_status_checks)
+
+
 EVALUATIONS = list(evaluations(config))
 DATASETS = config["datasets"]
 METHODS = list(config["methods"])

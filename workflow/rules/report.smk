@@ -134,6 +134,8 @@ rule figure_trajectories:
     threads: THREADS
     resources:
         gpu=1,
+        mem_mb=config["mem_mb"],
+        runtime=config["runtime"]["sample"],
     shell:
         "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
         "python -m gbm.pipeline.devices -- gbm report trajectories --runs {params.runs} --steps {params.steps} "
