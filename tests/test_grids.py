@@ -151,3 +151,9 @@ def steps_to_reach(grid: str, target: float) -> int:
 def test_sqrt_t_grid_reaches_a_log_moment_error_in_fewer_steps_than_uniform_t_for_gbm():
     sqrt_steps, uniform_steps = steps_to_reach("sqrt-t", 0.015), steps_to_reach("uniform-t", 0.015)
     assert sqrt_steps < uniform_steps, (sqrt_steps, uniform_steps)
+
+
+def test_benchmark_config_schema_offers_every_grid():
+    from gbm.pipeline.config import load_schema
+
+    assert load_schema()["$defs"]["options"]["properties"]["grid"]["enum"] == list(GRIDS)

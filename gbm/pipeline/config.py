@@ -68,6 +68,10 @@ def check_config(config: dict) -> None:
             method = get_method(method_name(config, entry), field=where)
         except ValueError as error:
             raise ConfigError(f"config key '{where}': {str(error).partition(': ')[2]}") from None
+        try:  # the SDE and loss options' values, by building them (e.g. loss.weighting)
+            method.make_loss(method.make_sde(**spec.get("sde", {})), **spec.get("loss", {}))
+        except (TypeError, ValueError) as error:
+            raise ConfigError(f"config key 'methods.{entry}': {error}") from None
         allowed = sorted(method.samplers)
         for label, sampler_spec in spec["samplers"].items():
             key = f"methods.{entry}.samplers.{label}"
