@@ -10,6 +10,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, workflow.basedir)
 
+from gbm.pipeline.ablation import gbm_settings  # noqa: E402
 from gbm.pipeline.config import (  # noqa: E402
     check_config,
     method_name,
