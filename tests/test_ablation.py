@@ -53,7 +53,7 @@ def test_tables_step_writes_the_ablation_table_from_the_config_settings(tmp_path
     floor = tmp_path / "floor.json"
     floor.write_text(json.dumps({"dataset": "mnist", "n": 16, "fid": 1.0, "kid_mean": 0.0}))
     settings = gbm_settings(load_config(REPO / "config" / "config.yaml"))
-    write_tables(runs, floor_table([floor]), tmp_path, "test", settings)
+    write_tables(runs, floor_table([floor]), tmp_path, "test", gbm_settings=settings)
     lines = (tmp_path / "ablation.md").read_text().splitlines()
     paper = next(line for line in lines if "gbm / dale-langevin" in line)
     tuned = next(line for line in lines if "gbm-tuned / dale-langevin" in line)

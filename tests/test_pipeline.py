@@ -33,13 +33,14 @@ def dry_run_counts(tmp_path: Path, configfile: Path | None = None) -> dict[str, 
 
 def test_default_benchmark_dag_has_one_model_per_dataset_method_seed(tmp_path):
     counts = dry_run_counts(tmp_path)
-    # 2 datasets x (gbm, gbm-tuned, vp) x 1 seed; gbm: 2 samplers x 2 step counts, gbm-tuned: dale-langevin
-    # x 2 step counts, vp: em x 2 step counts.
+    # 2 datasets x (gbm, gbm-tuned, vp) x 2 seeds; gbm: 2 samplers x 2 step counts, gbm-tuned: dale-langevin
+    # x 2 step counts, vp: em x 2 step counts. Inception runs in floor (reference and neighbour bank, once per
+    # dataset) and score (the samples) only.
     assert counts == {
-        "prepare_data": 2, "floor": 2, "train": 6, "sample": 16, "score": 16, "neighbours": 8, "track": 6,
-        "aggregate": 1, "tables": 1, "figure_samples": 1, "figure_neighbours": 1, "figure_forward": 1,
-        "figure_trajectories": 1, "figure_toy": 1, "figure_nfe": 1, "figure_loss": 1, "timing": 1, "all": 1,
-        "total": 67,
+        "resolved_config": 1, "prepare_data": 2, "floor": 2, "train": 12, "sample": 32, "score": 32,
+        "neighbours": 8, "track": 12, "aggregate": 1, "tables": 1, "comparisons": 1, "figure_samples": 1,
+        "figure_neighbours": 1, "figure_forward": 1, "figure_trajectories": 1, "figure_toy": 1, "figure_nfe": 1,
+        "figure_loss": 1, "timing": 1, "all": 1, "total": 113,
     }
 
 
@@ -104,8 +105,19 @@ BAD_CONFIGS = [
     ("train.steps", "many", "train.steps"),
     ("train.stepz", 5, "train.stepz"),
     ("model.size", "huge", "model.size"),
-    ("evaluation.n_samples", KeyError, "evaluation"),
+    ("train.steps", KeyError, "train.steps"),
+    ("model.size", KeyError, "model.size"),
+    ("model.sizes", "tiny", "model.sizes"),
+    ("methods.gbm.sde", {"sigmaa": 1.0}, "methods.gbm.sde"),
+    ("methods.gbm.sde", {"prior_log_mean": 0.0}, "methods.gbm.sde.prior_log_mean"),
+    ("methods.vp.loss", {"weighting": "x"}, "methods.vp.loss.weighting"),
+    ("evaluation.neighbours.bank", 5, "evaluation.neighbours.bank"),
     ("evaluaton", {}, "evaluaton"),
+    ("methods.gbm.samplers.dale-langevin", {"steps": [5], "options": {"delta": 50}},
+     "methods.gbm.samplers.dale-langevin"),
+    ("comparisons", {"baseline": {"method": "ve", "sampler": "em"}}, "comparisons.baseline.method"),
+    ("comparisons", {"baseline": {"method": "vp", "sampler": "pc"}}, "comparisons.baseline.sampler"),
+    ("comparisons", {"baseline": {"method": "vp"}}, "comparisons.baseline"),
 ]
 
 
@@ -134,7 +146,7 @@ def test_training_overrides_keep_the_backbone_and_budget_equal_across_methods():
     tuned = {o for o in training_overrides(config, "mnist", "gbm-tuned", 0) if not o.startswith(("sde.", "loss"))}
     assert tuned == {o for o in vp if o != "loss={}"}  # the tuned GBM variant differs in its loss only
     assert "loss.weighting=uniform-eps" in training_overrides(config, "mnist", "gbm-tuned", 0)
-    assert len({e.run_dir for e in evaluations(config)}) == 6
+    assert len({e.run_dir for e in evaluations(config)}) == 12
 
 
 # --- GPU slots ------------------------------------------------------------------------------------------
