@@ -79,10 +79,6 @@ def check_config(config: dict) -> None:
             method = get_method(method_name(config, entry), field=where)
         except ValueError as error:
             raise ConfigError(f"config key '{where}': {str(error).partition(': ')[2]}") from None
-        try:  # the SDE and loss options' values, by building them (e.g. loss.weighting)
-            method.make_loss(method.make_sde(**spec.get("sde", {})), **spec.get("loss", {}))
-        except (TypeError, ValueError) as error:
-            raise ConfigError(f"config key 'methods.{entry}': {error}") from None
         allowed = sorted(method.samplers)
         for label, sampler_spec in spec["samplers"].items():
             key = f"methods.{entry}.samplers.{label}"
@@ -323,11 +319,12 @@ def check_open_sections(config: dict, entry: str) -> None:
         raise ConfigError(f"config key 'methods.{entry}.sde.{fitted[0]}': fitted from the training data by "
                           f"method {method.name!r}; do not set it")
     try:
-        method.make_sde(**spec["sde"])
+        sde = method.make_sde(**spec["sde"])
     except (TypeError, ValueError) as error:
         raise ConfigError(f"config key 'methods.{entry}.sde': {str(error).removeprefix('sde: ')}") from None
     try:
         method.check_loss_options(spec["loss"])
+        method.make_loss(sde, **spec["loss"])  # the options' values too (e.g. loss.weighting)
     except ValueError as error:
         key, _, message = str(error).partition(": ")
         raise ConfigError(f"config key 'methods.{entry}.{key}': {message}") from None
