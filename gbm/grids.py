@@ -1,36 +1,94 @@
 """Time grids of the reverse-time samplers: named, shared by every sampler of every method.
 
-A grid is ``steps + 1`` times in float64, strictly decreasing from ``sde.T`` to the sampler's end time.
+A grid is ``steps + 1`` times in float64, strictly decreasing from ``sde.T`` to the sampler's end time
+(default ``sde.end_time``). The grids:
+
+- ``uniform-t``: equally spaced in t (score_sde's grid; the paper's);
+- ``sqrt-t``: equally spaced in sqrt(t), finer near the data (GBM's log-noise std is sigma sqrt(t), so this
+  grid is uniform in GBM's noise scale; SPEC §1a);
+- ``quadratic``: quadratic in the step index (CLD's default, SPEC §6);
+- ``rho``: Karras et al. (2022)'s schedule in the SDE's noise scale ``s = sde.noise_scale(t)``,
+  ``s_i = (s_max^(1/rho) + i/N (s_min^(1/rho) - s_max^(1/rho)))^rho`` with ``rho = 7``, mapped back to t
+  by ``sde.time_of_noise_scale``.
 """
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 from gbm.sde import SDE
 
+#: Karras et al. (2022)'s exponent of the ``rho`` grid.
+RHO = 7.0
 
-def uniform_t(T: float, end_time: float, steps: int) -> torch.Tensor:
+
+def _fraction(steps: int) -> torch.Tensor:
+    """``i / steps`` for ``i = 0..steps`` in float64."""
+    return torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+
+
+def uniform_t(sde: SDE, end_time: float, steps: int) -> torch.Tensor:
     """Equally spaced times (score_sde's grid)."""
-    return torch.linspace(T, end_time, steps + 1, dtype=torch.float64)
+    return torch.linspace(sde.T, end_time, steps + 1, dtype=torch.float64)
 
 
-def quadratic(T: float, end_time: float, steps: int) -> torch.Tensor:
-    """Times quadratic in the step index: finer near the data end (CLD's default, SPEC §6)."""
-    s = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-    return end_time + (T - end_time) * s**2
+def sqrt_t(sde: SDE, end_time: float, steps: int) -> torch.Tensor:
+    """Times equally spaced in ``sqrt(t)``: ``t_i = (sqrt(T) + i/N (sqrt(end) - sqrt(T)))^2`` (SPEC §1a)."""
+    root_T, root_end = sde.T**0.5, end_time**0.5
+    return (root_T + (root_end - root_T) * _fraction(steps)) ** 2
 
 
-GRIDS = {"uniform-t": uniform_t, "quadratic": quadratic}
+def quadratic(sde: SDE, end_time: float, steps: int) -> torch.Tensor:
+    """Times quadratic in the step index: ``t_i = end + (T - end) (1 - i/N)^2`` (CLD's default, SPEC §6)."""
+    return end_time + (sde.T - end_time) * torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64) ** 2
+
+
+def rho(sde: SDE, end_time: float, steps: int) -> torch.Tensor:
+    """Karras et al. (2022)'s rho = 7 schedule in the SDE's noise scale, mapped back to times."""
+    s_max = sde.noise_scale(torch.tensor(sde.T, dtype=torch.float64)) ** (1 / RHO)
+    s_min = sde.noise_scale(torch.tensor(end_time, dtype=torch.float64)) ** (1 / RHO)
+    if not s_min > 0:
+        raise ValueError(f"end_time: the 'rho' grid needs an end time with a positive noise scale; {end_time} has "
+                         f"none for the {sde.name!r} SDE (set end_time, e.g. 1e-3)")
+    levels = (s_max + (s_min - s_max) * _fraction(steps)) ** RHO
+    return sde.time_of_noise_scale(levels).to(torch.float64)
+
+
+GRIDS: dict[str, Callable[[SDE, float, int], torch.Tensor]] = {
+    "uniform-t": uniform_t,
+    "sqrt-t": sqrt_t,
+    "quadratic": quadratic,
+    "rho": rho,
+}
 ALIASES = {"uniform": "uniform-t"}
 
 
-def time_grid(sde: SDE, steps: int, grid: str = "uniform-t", end_time: float | None = None) -> torch.Tensor:
-    """``steps + 1`` times of the named ``grid`` from ``sde.T`` down to ``end_time`` (default the SDE's)."""
+def check_grid(grid: str) -> str:
+    """The canonical name of ``grid``; an unknown name is an error naming the ``grid`` option."""
     name = ALIASES.get(grid, grid)
     if name not in GRIDS:
         raise ValueError(f"grid: unknown time grid {grid!r}; choose one of {sorted(GRIDS)}")
+    return name
+
+
+def resolve_end_time(sde: SDE, end_time: float | None) -> float:
+    """The sampler's end time: ``end_time`` if given (checked to lie in ``[0, T)``), else ``sde.end_time``."""
     end = sde.end_time if end_time is None else end_time
-    if not 0 <= end < sde.T:
-        raise ValueError(f"end_time: must lie in [0, T = {sde.T}), got {end}")
-    return GRIDS[name](sde.T, end, steps)
+    if isinstance(end, bool) or not isinstance(end, (int, float)) or not 0 <= end < sde.T:
+        raise ValueError(f"end_time: must be a number in [0, T = {sde.T}), got {end!r}")
+    return float(end)
+
+
+def time_grid(sde: SDE, steps: int, grid: str = "uniform-t", end_time: float | None = None) -> torch.Tensor:
+    """``steps + 1`` strictly decreasing times of the named ``grid`` from ``sde.T`` down to ``end_time``
+    (default the SDE's)."""
+    name = check_grid(grid)
+    end = resolve_end_time(sde, end_time)
+    times = GRIDS[name](sde, end, steps)
+    times[0], times[-1] = sde.T, end
+    if not (times[1:] < times[:-1]).all():
+        raise ValueError(f"grid: the {name!r} grid of {steps} steps down to {end} has repeated times "
+                         "(too many steps for float64 or for the SDE's noise-scale inverse)")
+    return times

@@ -25,3 +25,8 @@ def uniform_time(n: int, eps: float, T: float, generator: Generator = None) -> t
     """``n`` times ``t ~ U(eps, T)`` (on the CPU; a per-sample generator falls back to the global stream)."""
     u = torch.rand(n, generator=generator if isinstance(generator, torch.Generator) else None)
     return eps + u * (T - eps)
+
+
+def describe_loss(loss) -> dict:
+    """A loss and its options for run records (``loss.describe()`` where the loss has one)."""
+    return loss.describe() if hasattr(loss, "describe") else {"name": type(loss).__name__}

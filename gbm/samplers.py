@@ -11,11 +11,11 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from gbm.grids import time_grid
+from gbm.grids import resolve_end_time, time_grid
+from gbm.ode import solve_per_sample
 from gbm.seeding import randn_like
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -41,9 +41,9 @@ def reverse_diffusion_step(sde, score_fn, x, t, dt, generator, last):
     return x_mean + sde.drift_diffusion(x, tt)[1] * math.sqrt(dt) * randn_like(x, generator)
 
 
-def euler_maruyama(sde, score_fn, x, *, steps, generator=None, progress=False):
-    """Euler–Maruyama on the reverse-time SDE."""
-    times = time_grid(sde, steps).tolist()
+def euler_maruyama(sde, score_fn, x, *, steps, generator=None, grid="uniform-t", end_time=None, progress=False):
+    """Euler–Maruyama on the reverse-time SDE on the named time ``grid`` down to ``end_time`` (gbm.grids)."""
+    times = time_grid(sde, steps, grid, end_time).tolist()
     for k in levels(steps, progress, "em"):
         x = reverse_diffusion_step(sde, score_fn, x, times[k], times[k] - times[k + 1], generator, k == steps - 1)
     return x, {}
@@ -53,13 +53,14 @@ def _per_sample_norm(v: torch.Tensor) -> torch.Tensor:
     return v.flatten(1).norm(dim=1).reshape(-1, *([1] * (v.ndim - 1)))
 
 
-def predictor_corrector(sde, score_fn, x, *, steps, generator=None, snr=0.16, corrector_steps=1, progress=False):
+def predictor_corrector(sde, score_fn, x, *, steps, generator=None, snr=0.16, corrector_steps=1, grid="uniform-t",
+                        end_time=None, progress=False):
     """Predictor–corrector: Langevin corrector (signal-to-noise ``snr``) then a reverse-diffusion predictor.
 
     The Langevin step size uses each sample's own gradient and noise norms (score_sde uses batch means),
-    so an image does not depend on the rest of its batch.
+    so an image does not depend on the rest of its batch. Levels on the named time ``grid`` (gbm.grids).
     """
-    times = time_grid(sde, steps).tolist()
+    times = time_grid(sde, steps, grid, end_time).tolist()
     for k in levels(steps, progress, "pc"):
         t, dt = times[k], times[k] - times[k + 1]
         tt = times_like(t, x)
@@ -73,35 +74,39 @@ def predictor_corrector(sde, score_fn, x, *, steps, generator=None, snr=0.16, co
     return x, {}
 
 
-def probability_flow(sde, score_fn, x, *, steps, generator=None, solver="rk45", rtol=1e-5, atol=1e-5, progress=False):
-    """Probability-flow ODE from ``T`` to the end time: adaptive RK45 (SciPy, ``rtol``/``atol``), or
-    fixed-step Heun on ``steps`` intervals with ``solver="heun"``. Deterministic; ``generator`` unused."""
+def probability_flow(sde, score_fn, x, *, steps, generator=None, solver="rk45", rtol=1e-5, atol=1e-5, grid=None,
+                     end_time=None, progress=False):
+    """Probability-flow ODE from ``T`` to the end time. Deterministic; ``generator`` unused.
+
+    ``solver="rk45"``: adaptive Dormand–Prince with SciPy's controller and tolerances ``rtol``/``atol``, each
+    image with its own step sizes (gbm.ode), so an image does not depend on its batch; ``steps`` and ``grid``
+    do not apply. ``solver="heun"``: fixed-step Heun on ``steps`` intervals of the named ``grid``.
+    """
     if solver == "heun":
-        times = time_grid(sde, steps).tolist()
+        times = time_grid(sde, steps, grid or "uniform-t", end_time).tolist()
         for k in levels(steps, progress, "ode"):
             t0, t1 = times[k], times[k + 1]
             d0 = sde.probability_flow_drift(x, times_like(t0, x), score_fn(x, times_like(t0, x)))
             x_pred = x + (t1 - t0) * d0
             d1 = sde.probability_flow_drift(x_pred, times_like(t1, x), score_fn(x_pred, times_like(t1, x)))
             x = x + (t1 - t0) * 0.5 * (d0 + d1)
-        return x, {"solver": "heun"}
+        return x, {"solver": "heun", "grid": grid or "uniform-t"}
     if solver != "rk45":
         raise ValueError(f"solver: unknown ODE solver {solver!r}; choose 'rk45' or 'heun'")
-    from scipy.integrate import solve_ivp
+    if grid is not None:
+        raise ValueError("grid: the adaptive rk45 solver chooses its own times; a grid needs solver='heun'")
+    end = resolve_end_time(sde, end_time)
+    shape, dtype = x.shape, x.dtype
 
-    shape, device, dtype = x.shape, x.device, x.dtype
+    def rhs(y: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        xt = y.to(dtype).reshape(-1, *shape[1:])
+        tt = t.to(dtype)
+        return sde.probability_flow_drift(xt, tt, score_fn(xt, tt)).reshape(y.shape[0], -1).double()
 
-    def rhs(t: float, y: np.ndarray) -> np.ndarray:
-        xt = torch.from_numpy(y).to(device=device, dtype=dtype).reshape(shape)
-        tt = times_like(t, xt)
-        return sde.probability_flow_drift(xt, tt, score_fn(xt, tt)).reshape(-1).double().cpu().numpy()
-
-    solution = solve_ivp(rhs, (sde.T, sde.end_time), x.reshape(-1).double().cpu().numpy(), rtol=rtol, atol=atol,
-                         method="RK45")
-    if not solution.success:
-        raise RuntimeError(f"probability-flow ODE failed: {solution.message}")
-    x = torch.from_numpy(solution.y[:, -1]).to(device=device, dtype=dtype).reshape(shape)
-    return x, {"solver": "rk45", "rtol": rtol, "atol": atol}
+    y, evaluations = solve_per_sample(rhs, x.reshape(shape[0], -1), sde.T, end, rtol, atol)
+    stats = {"solver": "rk45", "rtol": rtol, "atol": atol, "error_control": "per image",
+             "nfe_per_image_mean": evaluations.double().mean().item(), "nfe_per_image_max": int(evaluations.max())}
+    return y.to(dtype).reshape(shape), stats
 
 
 def check_generic_options(sde, sampler: str, steps: int, options: dict) -> None:

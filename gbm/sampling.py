@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gbm.grids import check_grid, resolve_end_time
 from gbm.methods import method_of, registered
 from gbm.samplers import SamplerFn, ScoreFn
 from gbm.sde import SDE
@@ -95,6 +96,10 @@ def validate_request(sde: SDE, method: str, steps: int, options: dict) -> Sample
     if unknown:
         raise ValueError(f"sampler options: {sorted(unknown)} not understood by {method!r}; known: {sorted(accepted)}")
     own.check_sampler_options(sde, method, steps, options)
+    if options.get("grid") is not None:
+        check_grid(options["grid"])
+    if "end_time" in options:
+        resolve_end_time(sde, options["end_time"])
     return fn
 
 

@@ -70,6 +70,20 @@ class SDE(abc.ABC):
         f, g = self.drift_diffusion(x, t)
         return f - 0.5 * g**2 * score
 
+    def noise_scale(self, t: torch.Tensor) -> torch.Tensor:
+        """Noise-to-signal scale at time ``t``, increasing in ``t`` (what the ``rho`` grid spaces, gbm.grids)."""
+        raise NotImplementedError(f"grid: the {self.name!r} SDE defines no noise scale, so no 'rho' grid")
+
+    def time_of_noise_scale(self, s: torch.Tensor) -> torch.Tensor:
+        """The time in ``[0, T]`` whose ``noise_scale`` is ``s``: bisection in float64 (closed forms override)."""
+        s = torch.as_tensor(s, dtype=torch.float64)
+        lo, hi = torch.zeros_like(s), torch.full_like(s, float(self.T))
+        for _ in range(80):
+            mid = (lo + hi) / 2
+            below = self.noise_scale(mid) < s
+            lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
+        return (lo + hi) / 2
+
     def loss_weight(self, t: torch.Tensor) -> torch.Tensor:
         """Default weight of the score-matching loss at time ``t``."""
         raise NotImplementedError

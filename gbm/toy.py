@@ -18,17 +18,18 @@ from gbm.sde import SDE
 
 
 def _mixture_log_density_and_grad(y, weights, means, variances):
-    """``log sum_k w_k N(y; m_k, v_k I)`` and its gradient in ``y``; y (B, D), means (K, D), variances (K,)."""
+    """``log sum_k w_k N(y; m_k, v_k I)`` and its gradient in ``y``; y (B, D), weights (K,), means (B or 1, K, D),
+    variances (B or 1, K): a mixture per sample (one time per sample) or one for all."""
     d = y.shape[1]
-    diff = y[:, None, :] - means[None]  # B, K, D
+    diff = y[:, None, :] - means  # B, K, D
     log_comp = (
         weights.log()[None]
-        - 0.5 * (diff**2).sum(-1) / variances[None]
-        - 0.5 * d * torch.log(2 * math.pi * variances)[None]
+        - 0.5 * (diff**2).sum(-1) / variances
+        - 0.5 * d * torch.log(2 * math.pi * variances)
     )
     log_density = torch.logsumexp(log_comp, dim=1)
     resp = torch.softmax(log_comp, dim=1)  # B, K
-    grad = -(resp[..., None] * diff / variances[None, :, None]).sum(1)
+    grad = -(resp[..., None] * diff / variances[..., None]).sum(1)
     return log_density, grad
 
 
@@ -52,11 +53,13 @@ class GaussianMixture:
         return GaussianMixture(self.weights, alpha * self.means, torch.sqrt(alpha**2 * self.stds**2 + std**2))
 
     def stein_score(self, sde: SDE):
-        """Exact ``grad log p_t(x)`` of the diffused mixture, as a ``score_fn(x, t)``."""
+        """Exact ``grad log p_t(x)`` of the diffused mixture, as a ``score_fn(x, t)`` (one time per sample)."""
 
         def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            mix = self.diffused(sde, t[0].item())
-            _, grad = _mixture_log_density_and_grad(x.double(), mix.weights, mix.means, mix.stds**2)
+            alpha, std = sde.mean_coeff_std(t.double()[:, None])  # B, 1
+            means = alpha[..., None] * self.means[None]
+            variances = alpha**2 * self.stds[None] ** 2 + std**2
+            _, grad = _mixture_log_density_and_grad(x.double(), self.weights, means, variances)
             return grad.to(x.dtype)
 
         return score_fn
@@ -87,17 +90,36 @@ class LogNormalMixture:
         )
 
     def hyvarinen_score(self, sde: GBM):
-        """Exact ``x * grad log p_t(x) = d/dy log p_Y(y) - 1`` (``y = log x``), as a ``score_fn(x, t)``."""
+        """Exact ``x * grad log p_t(x) = d/dy log p_Y(y) - 1`` (``y = log x``), as a ``score_fn(x, t)`` (one time
+        per sample)."""
 
         def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            mix = self.diffused(sde, t[0].item()).log_mixture
-            _, grad = _mixture_log_density_and_grad(x.double().abs().log(), mix.weights, mix.means, mix.stds**2)
+            mix, tt = self.log_mixture, t.double()[:, None]  # B, 1
+            means = mix.means[None] + sde.log_drift * tt[..., None]
+            variances = mix.stds[None] ** 2 + sde.sigma**2 * tt
+            _, grad = _mixture_log_density_and_grad(x.double().abs().log(), mix.weights, means, variances)
             return (grad - 1.0).to(x.dtype)
 
         return score_fn
 
     def assign(self, x: torch.Tensor) -> torch.Tensor:
         return self.log_mixture.assign(x.log())
+
+    def log_moments(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Exact per-coordinate mean and std of ``log x``."""
+        mix = self.log_mixture
+        w, m, s = mix.weights[:, None], mix.means, mix.stds[:, None]
+        mean = (w * m).sum(0)
+        return mean, ((w * (s**2 + m**2)).sum(0) - mean**2).sqrt()
+
+    def log_moment_error(self, x: torch.Tensor) -> float:
+        """Largest error of the per-coordinate mean and std of ``log x`` over samples ``x`` (N, D) against
+        the exact ones; infinite if any sample is not positive."""
+        if not (x > 0).all():
+            return math.inf
+        y = x.double().log()
+        mean, std = self.log_moments()
+        return max((y.mean(0) - mean).abs().max().item(), (y.std(0) - std).abs().max().item())
 
 
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 256, seed: int = 0) -> float:

@@ -41,6 +41,7 @@ from gbm.runs import (
     sde_record,
     write_json,
 )
+from gbm.losses import describe_loss
 from gbm.sde import SDE
 
 TOY_DATASETS = {"two_spirals": two_spirals}
@@ -175,6 +176,7 @@ def model_record(setup: TrainingSetup, ema: EMA, step: int) -> dict:
         "backbone": kind,
         "backbone_config": {k: list(v) if isinstance(v, tuple) else v for k, v in net_config.items()},
         "parameterisation": setup.model.parameterisation,
+        "loss": describe_loss(setup.loss_fn),
         "data": setup.data_record,
         "config": setup.config.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in ema.shadow.items()},
@@ -351,6 +353,7 @@ def train(config: Config, run_dir: str | Path, device: str | torch.device = "aut
         "parameterisation": setup.model.parameterisation,
         "sde": setup.sde.describe(),
         "loss": type(setup.loss_fn).__name__,
+        "loss_options": describe_loss(setup.loss_fn),
         "ema_decay": tc.ema_decay,
         "seed": config.seed,
         "device": str(device),

@@ -33,25 +33,27 @@ def dry_run_counts(tmp_path: Path, configfile: Path | None = None) -> dict[str, 
 
 def test_default_benchmark_dag_has_one_model_per_dataset_method_seed(tmp_path):
     counts = dry_run_counts(tmp_path)
-    # 2 datasets x (gbm, vp) x 2 seeds; gbm: 2 samplers x 2 step counts, vp: em x 2 step counts. Inception
-    # runs in floor (reference and neighbour bank, once per dataset) and score (the samples) only.
+    # 2 datasets x (gbm, gbm-tuned, vp) x 2 seeds; gbm: 2 samplers x 2 step counts, gbm-tuned: dale-langevin
+    # x 2 step counts, vp: em x 2 step counts. Inception runs in floor (reference and neighbour bank, once per
+    # dataset) and score (the samples) only.
     assert counts == {
-        "resolved_config": 1, "prepare_data": 2, "floor": 2, "train": 8, "sample": 24, "score": 24,
-        "neighbours": 6, "track": 8, "aggregate": 1, "tables": 1, "comparisons": 1, "figure_samples": 1,
+        "resolved_config": 1, "prepare_data": 2, "floor": 2, "train": 12, "sample": 32, "score": 32,
+        "neighbours": 8, "track": 12, "aggregate": 1, "tables": 1, "comparisons": 1, "figure_samples": 1,
         "figure_neighbours": 1, "figure_forward": 1, "figure_trajectories": 1, "figure_toy": 1, "figure_nfe": 1,
-        "figure_loss": 1, "timing": 1, "all": 1, "total": 87,
+        "figure_loss": 1, "timing": 1, "all": 1, "total": 113,
     }
 
 
 def test_paper_dag_covers_three_datasets_every_method_three_seeds(tmp_path):
     counts = dry_run_counts(tmp_path, REPO / "config" / "paper.yaml")
-    # 3 datasets x 5 methods x 3 seeds = 45 models; per dataset and seed 8 + 1 guided GBM, 3 x 5 + 1 guided
-    # additive and 3 CLD evaluations = 28, so 252 sample and score jobs.
+    # 3 datasets x 9 method entries (5 methods + the GBM variants uniform-eps, tuned, sigma0p5, sigma1p2) x
+    # 3 seeds = 81 models; per dataset and seed 8 + 1 guided + 3 sqrt-t GBM, 3 + 6 + 2 + 2 GBM-variant,
+    # 3 x 5 + 1 guided additive and 6 CLD evaluations = 47, so 423 sample and score jobs.
     assert counts["prepare_data"] == 3
-    assert counts["train"] == 45
-    assert counts["sample"] == counts["score"] == 252
-    assert counts["track"] == 45
-    assert counts["neighbours"] == 3 * (5 + 4 + 3 + 3 + 1)
+    assert counts["train"] == 81
+    assert counts["sample"] == counts["score"] == 423
+    assert counts["track"] == 81
+    assert counts["neighbours"] == 3 * (6 + 1 + 2 + 1 + 1 + 4 + 3 + 3 + 2)
 
 
 def test_guided_paper_rows_pass_the_guidance_and_the_train_split_bank_to_gbm_sample(tmp_path):
@@ -141,7 +143,10 @@ def test_training_overrides_keep_the_backbone_and_budget_equal_across_methods():
     gbm = {o for o in training_overrides(config, "mnist", "gbm", 0) if not o.startswith("sde.")}
     vp = {o for o in training_overrides(config, "mnist", "vp", 0) if not o.startswith("sde.")}
     assert gbm == vp
-    assert len({e.run_dir for e in evaluations(config)}) == 8  # 2 datasets x 2 methods x 2 seeds
+    tuned = {o for o in training_overrides(config, "mnist", "gbm-tuned", 0) if not o.startswith(("sde.", "loss"))}
+    assert tuned == {o for o in vp if o != "loss={}"}  # the tuned GBM variant differs in its loss only
+    assert "loss.weighting=uniform-eps" in training_overrides(config, "mnist", "gbm-tuned", 0)
+    assert len({e.run_dir for e in evaluations(config)}) == 12  # 2 datasets x 3 method entries x 2 seeds
 
 
 # --- GPU slots ------------------------------------------------------------------------------------------

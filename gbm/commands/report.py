@@ -35,8 +35,10 @@ def _tables(args) -> int:
     from gbm.pipeline.tables import floor_table, write_tables
 
     runs = pd.read_csv(args.metrics)
+    settings = json.loads(args.gbm_settings) if args.gbm_settings else None
     failed = pd.read_csv(args.failed) if args.failed else None
-    written = write_tables(runs, floor_table([Path(p) for p in args.floor]), Path(args.out_dir), args.name, failed)
+    written = write_tables(runs, floor_table([Path(p) for p in args.floor]), Path(args.out_dir), args.name, failed,
+                           settings)
     print("\n".join(str(p) for p in written))
     return 0
 
@@ -145,6 +147,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--floor", nargs="+", required=True, help="floor.json files from `gbm floor`")
     p.add_argument("--name", required=True, help="benchmark name for the captions")
     p.add_argument("--failed", help="failed.csv from `gbm report aggregate`: listed under the table")
+    p.add_argument("--gbm-settings", help="JSON of each GBM entry/sampler's setting (gbm.pipeline.ablation."
+                                          "gbm_settings): also write the ablation table")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=_tables)
 

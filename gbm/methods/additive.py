@@ -39,6 +39,11 @@ class AdditiveSDE(SDE):
         _, std = self.mean_coeff_std(per_sample(t, x))
         return -eps / std
 
+    def noise_scale(self, t):
+        """Noise-to-signal ratio ``std(t) / alpha(t)`` (VE: ``sigma(t)``; gbm.grids ``rho``)."""
+        alpha, std = self.mean_coeff_std(torch.as_tensor(t))
+        return std / alpha
+
     def loss_weight(self, t):
         """``std(t)^2``: the DSM loss becomes the epsilon-prediction error (SPEC §5)."""
         return self.mean_coeff_std(t)[1] ** 2

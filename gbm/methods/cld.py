@@ -176,6 +176,11 @@ class CLD(SDE):
         fx, fv = _split(f)
         return _stack(fx, fv - self.Gamma * self.beta * score)
 
+    def noise_scale(self, t):
+        """Position noise-to-signal ratio ``sqrt(S_xx) / a_x`` of ``x_t | x_0`` (gbm.grids ``rho``)."""
+        (ax, _), (sxx, _, _) = self.kernel(torch.as_tensor(t, dtype=torch.float64).cpu())
+        return sxx.clamp_min(0).sqrt() / ax
+
     def loss_weight(self, t):
         """``l_t^-2``: turns the HSM loss into the velocity-noise error ``||eps_v - alpha_theta||^2``."""
         return self.velocity_noise_scale(t).to(torch.as_tensor(t).dtype) ** 2
@@ -250,13 +255,14 @@ def _denoise(sde: CLD, score_fn, u, t):
     return u + sde.reverse_drift(u, times_like(t, u), score_fn(u, times_like(t, u))) * t
 
 
-def symmetric_splitting(sde, score_fn, u, *, steps, generator=None, grid="quadratic", denoise=True):
+def symmetric_splitting(sde, score_fn, u, *, steps, generator=None, grid="quadratic", end_time=None,
+                        denoise=True):
     """Symmetric splitting CLD sampler (SSCS, SPEC §6): per step an exact half-step of the linear part,
     a full Euler step ``v += 2 Gamma beta (s + M^-1 v) dt`` of the score part (one network call at the
     midpoint time), another exact half-step; then one noise-free denoising step from the end time to 0.
     ``grid``: a named time grid (``gbm.grids``; quadratic by default: far more accurate at low NFE in our GMM
-    tests)."""
-    times = time_grid(sde, steps, grid).tolist()
+    tests) down to ``end_time`` (default the SDE's)."""
+    times = time_grid(sde, steps, grid, end_time).tolist()
     for k in range(steps):
         dt = times[k] - times[k + 1]
         u = _linear_half_step(sde, u, dt / 2, generator)
@@ -269,10 +275,11 @@ def symmetric_splitting(sde, score_fn, u, *, steps, generator=None, grid="quadra
     return u, {"denoise": denoise, "grid": grid}
 
 
-def cld_euler_maruyama(sde, score_fn, u, *, steps, generator=None, grid="quadratic", denoise=True):
+def cld_euler_maruyama(sde, score_fn, u, *, steps, generator=None, grid="quadratic", end_time=None,
+                       denoise=True):
     """Euler–Maruyama on CLD's reverse SDE (noise on the velocity only); then the same denoising step as
     SSCS, so equal ``steps`` means equal NFE (``steps + 1`` with ``denoise``)."""
-    times = time_grid(sde, steps, grid).tolist()
+    times = time_grid(sde, steps, grid, end_time).tolist()
     g = math.sqrt(2 * sde.Gamma * sde.beta)
     for k in range(steps):
         t, dt = times[k], times[k] - times[k + 1]

@@ -14,6 +14,7 @@ import torch
 from gbm.grids import time_grid
 from gbm.losses import ScoreFn, pixel_sum_batch_mean
 from gbm.methods.base import Method
+from gbm.methods.gbm_loss_weights import WEIGHTINGS, check_weighting, paper_weight
 from gbm.samplers import levels, times_like
 from gbm.sde import SDE, ScoreKind, per_channel, per_sample
 from gbm.seeding import Generator, randn, randn_like
@@ -107,9 +108,17 @@ class GBM(SDE):
         s = per_channel(self.prior_log_std, noise)
         return torch.exp(m + s * noise)
 
+    def noise_scale(self, t):
+        """Std of the log-noise, ``sigma sqrt(t)`` (the relative noise of ``x_t``; gbm.grids ``rho``)."""
+        return self.sigma * torch.as_tensor(t).sqrt()
+
+    def time_of_noise_scale(self, s):
+        """``t = (s / sigma)^2``, the inverse of ``noise_scale``."""
+        return (torch.as_tensor(s, dtype=torch.float64) / self.sigma) ** 2
+
     def loss_weight(self, t):
-        """Authors' M-DSM weight ``(sigma^2 t)^2`` (SPEC §2)."""
-        return (self.sigma**2 * t) ** 2
+        """Authors' M-DSM weight ``(sigma^2 t)^2`` (SPEC §2; ``loss.weighting`` chooses another)."""
+        return paper_weight(self.sigma, t)
 
     def network_input(self, x):
         """The backbone sees ``log |x|`` (the sign-agnostic sampler can visit negative values)."""
@@ -184,13 +193,15 @@ def check_sampler_options(sde: GBM, sampler: str, steps: int, options: dict) -> 
     ``gamma``: the noise scale ``a gamma^k`` must not grow towards the data (``gamma <= 1``).
     """
     delta, gamma = options.get("delta"), options.get("gamma", 1.0)
-    spacing = sde.T / steps
+    grid = options.get("grid", "uniform-t")
+    spacing = time_grid(sde, steps, grid, options.get("end_time"))[-2].item()  # smallest level an update runs at
+    spacing_name = "level spacing T/steps" if grid in ("uniform-t", "uniform") else f"smallest level of the {grid} grid"
     if delta is not None:
         if not _is_real(delta) or not delta > 0 or not math.isfinite(delta):
             raise ValueError(f"delta: must be a positive number, got {delta!r}")
         if delta > DELTA_STABILITY_FACTOR * spacing:
             raise ValueError(
-                f"delta: {delta:g} is far above the level spacing T/steps = {spacing:.4g} ({delta / spacing:.3g} "
+                f"delta: {delta:g} is far above the {spacing_name} = {spacing:.4g} ({delta / spacing:.3g} "
                 f"times); the {sampler} update is unstable for delta > {DELTA_STABILITY_FACTOR:g} * T/steps = "
                 f"{DELTA_STABILITY_FACTOR * spacing:.4g} (it amplifies pixels that are constant in the data by "
                 f"|1 - delta/t| at levels t < delta/2). Use delta <= {DELTA_STABILITY_FACTOR * spacing:.4g} or "
@@ -213,14 +224,15 @@ def _is_real(value) -> bool:
 
 
 def _gbm_sampler(update, sde: GBM, score_fn, x, steps, generator, delta, inner_steps, gamma, noise_scale,
-                 final_denoise_steps, progress):
-    """Levels ``t_k`` from ``T`` down; at each, ``inner_steps`` updates, then ``a <- a * gamma``.
+                 final_denoise_steps, grid, end_time, progress):
+    """Levels ``t_k`` of the named time ``grid`` (gbm.grids) from ``T`` down to ``end_time``; at each,
+    ``inner_steps`` updates, then ``a <- a * gamma``.
 
-    With the defaults (``delta=None`` -> ``T/steps``, one inner step, ``gamma=1``) this is the exact
-    Euler–Maruyama discretisation of the reverse SDE. The final update adds no noise. Options are checked
-    by ``check_sampler_options`` (through ``gbm.sampling.sample``).
+    With the defaults (``delta=None`` -> ``t_k - t_{k+1}``, one inner step, ``gamma=1``) this is the exact
+    Euler–Maruyama discretisation of the reverse SDE on the grid. The final update adds no noise. Options are
+    checked by ``check_sampler_options`` (through ``gbm.sampling.sample``).
     """
-    times = time_grid(sde, steps).tolist()
+    times = time_grid(sde, steps, grid, end_time).tolist()
     a = noise_scale
     updates = [(times[k], delta or times[k] - times[k + 1], a * gamma**k)
                for k in range(steps) for _ in range(inner_steps)]
@@ -234,18 +246,20 @@ def _gbm_sampler(update, sde: GBM, score_fn, x, steps, generator, delta, inner_s
 
 
 def sign_agnostic(sde, score_fn, x, *, steps, generator=None, delta=None, inner_steps=1, gamma=1.0,
-                  noise_scale=1.0, final_denoise_steps=0, progress=False):
+                  noise_scale=1.0, final_denoise_steps=0, grid="uniform-t", end_time=None,
+                  progress=False):
     """Sign-agnostic multiplicative sampler (ambient Euler–Maruyama, SPEC §3)."""
     x = _gbm_sampler(sign_agnostic_update, sde, score_fn, x, steps, generator, delta, inner_steps, gamma,
-                     noise_scale, final_denoise_steps, progress)
+                     noise_scale, final_denoise_steps, grid, end_time, progress)
     return x, {"fraction_negative": (x < 0).float().mean().item()}
 
 
 def dale_langevin(sde, score_fn, x, *, steps, generator=None, delta=None, inner_steps=1, gamma=1.0,
-                  noise_scale=1.0, final_denoise_steps=0, progress=False):
+                  noise_scale=1.0, final_denoise_steps=0, grid="uniform-t", end_time=None,
+                  progress=False):
     """Sign-preserving Dale–Langevin sampler (exponentiated-gradient update, SPEC §3)."""
     x = _gbm_sampler(dale_langevin_update, sde, score_fn, x, steps, generator, delta, inner_steps, gamma,
-                     noise_scale, final_denoise_steps, progress)
+                     noise_scale, final_denoise_steps, grid, end_time, progress)
     return x, {"fraction_negative": (x <= 0).float().mean().item()}
 
 
@@ -255,16 +269,25 @@ def dale_langevin(sde, score_fn, x, *, steps, generator=None, delta=None, inner_
 class MDSMLoss:
     """Multiplicative denoising score matching (SPEC §2).
 
-    ``E_t lambda(t) E ||h_theta(x_t, t) - x_t * grad log p(x_t | x_0)||^2`` with ``lambda = (sigma^2 t)^2``,
+    ``E_t lambda(t) E ||h_theta(x_t, t) - x_t * grad log p(x_t | x_0)||^2`` with ``lambda`` the named
+    ``weighting`` (``paper``: ``(sigma^2 t)^2``; ``uniform-eps``: ``sigma^2 t``; gbm.methods.gbm_loss_weights),
     ``t = k / num_levels`` for ``k ~ U{1, ..., num_levels - 1}``; the same ``t`` perturbs and weights.
     """
 
-    def __init__(self, sde: GBM, num_levels: int = 1000):
+    def __init__(self, sde: GBM, num_levels: int = 1000, weighting: str = "paper"):
         if not isinstance(sde, GBM):
             raise ValueError(f"loss: M-DSM needs the GBM SDE, got {sde.name!r}")
         if num_levels < 2:
             raise ValueError(f"loss.num_levels must be >= 2, got {num_levels}")
-        self.sde, self.num_levels = sde, num_levels
+        self.sde, self.num_levels, self.weighting = sde, num_levels, check_weighting(weighting)
+
+    def weight(self, t: torch.Tensor) -> torch.Tensor:
+        """``lambda(t)`` of the loss's weighting."""
+        return WEIGHTINGS[self.weighting](self.sde.sigma, t)
+
+    def describe(self) -> dict:
+        """The loss and its options, for run records."""
+        return {"name": type(self).__name__, "num_levels": self.num_levels, "weighting": self.weighting}
 
     def sample_time(self, n: int, generator: Generator = None) -> torch.Tensor:
         k = torch.randint(1, self.num_levels, (n,), generator=generator if isinstance(generator, torch.Generator) else None)
@@ -275,7 +298,7 @@ class MDSMLoss:
         z = randn(x0.shape, generator).to(x0.device)
         x_t = self.sde.perturb(x0, t, z)
         target = self.sde.conditional_score(x0, t, z)
-        return pixel_sum_batch_mean(self.sde.loss_weight(t), score_fn(x_t, t) - target)
+        return pixel_sum_batch_mean(self.weight(t), score_fn(x_t, t) - target)
 
 
 class MESMLoss(MDSMLoss):
@@ -285,14 +308,14 @@ class MESMLoss(MDSMLoss):
     ``M-DSM = M-ESM + const`` (constant in the model).
     """
 
-    def __init__(self, sde: GBM, true_score: ScoreFn, num_levels: int = 1000):
-        super().__init__(sde, num_levels)
+    def __init__(self, sde: GBM, true_score: ScoreFn, num_levels: int = 1000, weighting: str = "paper"):
+        super().__init__(sde, num_levels, weighting)
         self.true_score = true_score
 
     def __call__(self, score_fn, x0, generator=None):
         t = self.sample_time(x0.shape[0], generator).to(x0.device)
         x_t = self.sde.perturb(x0, t, randn(x0.shape, generator).to(x0.device))
-        return pixel_sum_batch_mean(self.sde.loss_weight(t), score_fn(x_t, t) - self.true_score(x_t, t))
+        return pixel_sum_batch_mean(self.weight(t), score_fn(x_t, t) - self.true_score(x_t, t))
 
 
 def fit_prior(sde: GBM, x0: torch.Tensor) -> GBM:

@@ -326,11 +326,12 @@ def check_open_sections(config: dict, entry: str) -> None:
         raise ConfigError(f"config key 'methods.{entry}.sde.{fitted[0]}': fitted from the training data by "
                           f"method {method.name!r}; do not set it")
     try:
-        method.make_sde(**spec["sde"])
+        sde = method.make_sde(**spec["sde"])
     except (TypeError, ValueError) as error:
         raise ConfigError(f"config key 'methods.{entry}.sde': {str(error).removeprefix('sde: ')}") from None
     try:
         method.check_loss_options(spec["loss"])
+        method.make_loss(sde, **spec["loss"])  # the options' values too (e.g. loss.weighting)
     except ValueError as error:
         key, _, message = str(error).partition(": ")
         raise ConfigError(f"config key 'methods.{entry}.{key}': {message}") from None

@@ -8,6 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
 
+from gbm.pipeline.ablation import gbm_settings  # noqa: E402
 from gbm.pipeline.config import (  # noqa: E402
     RESOLVED_CONFIG_NAME,
     method_name,

@@ -32,15 +32,18 @@ rule tables:
         floor=report("results/tables/floor.csv", caption="../report/floor.rst", category="Tables"),
         floor_markdown="results/tables/floor.md",
         floor_latex="results/tables/floor.tex",
+        ablation=report("results/tables/ablation.csv", caption="../report/ablation.rst", category="Tables"),
+        ablation_markdown="results/tables/ablation.md",
     params:
         name=config["name"],
+        gbm_settings=json.dumps(gbm_settings(config)),
     log:
         "results/logs/report/tables.log",
     benchmark:
         "results/benchmarks/report/tables.tsv"
     shell:
         "gbm report tables --metrics {input.metrics} --failed {input.failed} --floor {input.floors} --name {params.name} "
-        "--out-dir results/tables > {log} 2>&1"
+        "--gbm-settings {params.gbm_settings:q} --out-dir results/tables > {log} 2>&1"
 
 
 rule comparisons:

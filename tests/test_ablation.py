@@ -1,0 +1,62 @@
+"""The GBM ablation table (gbm.pipeline.ablation): each GBM setting of a config and its changes from the paper's."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from gbm.pipeline.ablation import ablation_table, gbm_settings
+from gbm.pipeline.config import load_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_default_config_sets_gbm_paper_beside_gbm_tuned():
+    settings = gbm_settings(load_config(REPO / "config" / "config.yaml"))
+    assert set(settings) == {"gbm/sign-agnostic", "gbm/dale-langevin", "gbm-tuned/dale-langevin"}
+    assert settings["gbm/dale-langevin"] == {"weighting": "paper", "grid": "uniform-t", "end_time": 0.0,
+                                             "prior": "iid", "sigma": 0.8, "T": 1.0, "practical": False}
+    assert settings["gbm-tuned/dale-langevin"] | {"weighting": "paper", "grid": "uniform-t", "end_time": 0.0} \
+        == settings["gbm/dale-langevin"]
+    assert settings["gbm-tuned/dale-langevin"]["weighting"] == "uniform-eps"
+
+
+def test_ablation_rows_name_their_changes_from_the_paper_setting_fewest_first():
+    settings = gbm_settings(load_config(REPO / "config" / "paper.yaml"))
+    table = pd.DataFrame([
+        {"dataset": "mnist", "method": m, "sampler": s, "steps": 100, "fid_mean": fid, "fid_std": 1.0, "n": 10, "seeds": 3}
+        for m, s, fid in [("gbm-tuned", "dale-langevin", 110.0), ("gbm", "dale-langevin-exact", 140.0),
+                          ("gbm-uniform-eps", "dale-langevin-exact", 120.0), ("vp", "em", 130.0),
+                          ("gbm-sigma0p5", "dale-langevin-exact", 150.0)]
+    ])
+    ablation = ablation_table(table, settings)
+    assert list(ablation["method"]) == ["gbm", "gbm-uniform-eps", "gbm-sigma0p5", "gbm-tuned"]  # no vp row
+    assert list(ablation["changes"]) == [0, 1, 1, 3]
+    assert ablation["change_from_paper"][0] == "none (the paper's setting)"
+    assert ablation["change_from_paper"][1] == "weighting=uniform-eps"
+    assert ablation["change_from_paper"][2] == "sigma=0.5"
+    assert ablation["change_from_paper"][3] == "weighting=uniform-eps, grid=sqrt-t, end_time=0.001"
+    authors = gbm_settings(load_config(REPO / "config" / "paper.yaml"))["gbm/dale-langevin"]
+    assert authors["practical"] is True  # the authors' delta, L, gamma are a change from the exact sampler
+
+
+def test_tables_step_writes_the_ablation_table_from_the_config_settings(tmp_path):
+    import json
+
+    from gbm.pipeline.tables import floor_table, write_tables
+
+    runs = pd.DataFrame([
+        {"dataset": "mnist", "method": m, "seed": 0, "sampler": "dale-langevin", "sampler_method": "dale-langevin",
+         "guided": False, "steps": 20, "nfe": 20, "n": 16, "n_reference": 16, "reference_split": "test",
+         "fid": fid, "kid": 0.1, "kid_subset_std": 0.0, "precision": None}
+        for m, fid in [("gbm", 272.0), ("gbm-tuned", 145.5), ("vp", 145.3)]
+    ])
+    floor = tmp_path / "floor.json"
+    floor.write_text(json.dumps({"dataset": "mnist", "n": 16, "fid": 1.0, "kid_mean": 0.0}))
+    settings = gbm_settings(load_config(REPO / "config" / "config.yaml"))
+    write_tables(runs, floor_table([floor]), tmp_path, "test", gbm_settings=settings)
+    lines = (tmp_path / "ablation.md").read_text().splitlines()
+    paper = next(line for line in lines if "gbm / dale-langevin" in line)
+    tuned = next(line for line in lines if "gbm-tuned / dale-langevin" in line)
+    assert "none (the paper's setting)" in paper and "272.00" in paper
+    assert "weighting=uniform-eps, grid=sqrt-t, end_time=0.001" in tuned and "145.50" in tuned
+    assert not any("vp /" in line for line in lines)
