@@ -96,12 +96,14 @@ def run(args) -> int:
 
     from gbm import pixels
     from gbm.guidance import guided_from_options, options_from_pairs
+    from gbm.pipeline.live_tracking import job_record, process_start_time
     from gbm.models import state_shape
     from gbm.data.atomic import write_stream_atomic
     from gbm.runs import git_revision, load_model, resolve_device, write_json
     from gbm.sampling import SAMPLERS, sample, validate_request
     from gbm.seeding import PerSampleGenerator
 
+    started_at = process_start_time()
     _check_args(args)
     if args.sampler not in SAMPLERS:
         raise ValueError(f"--sampler: unknown sampler {args.sampler!r}; choose one of {sorted(SAMPLERS)}")
@@ -181,6 +183,6 @@ def run(args) -> int:
               "meta": np.array(json.dumps(meta, default=str))}
     out = Path(args.out)
     write_stream_atomic(out, lambda handle: np.savez(handle, **arrays))
-    write_json(out.with_suffix(".json"), meta)
+    write_json(out.with_suffix(".json"), meta | {"job": job_record(started_at)})
     print(f"gbm sample: {args.n} samples, nfe {stats['nfe']}, {wall:.1f} s -> {out}", file=sys.stderr)
     return 0

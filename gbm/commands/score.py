@@ -45,5 +45,9 @@ def metric_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    emit(score(args.real, args.fake, n=args.n, real_split=args.real_split, **metric_options(args)), args.out)
+    from gbm.pipeline.live_tracking import job_record, process_start_time
+
+    started_at = process_start_time()
+    result = score(args.real, args.fake, n=args.n, real_split=args.real_split, **metric_options(args))
+    emit(result | {"job": job_record(started_at)}, args.out)
     return 0

@@ -41,6 +41,12 @@ def process_start_time() -> float:
         return time.time()
 
 
+def job_record(started_at: float) -> dict:
+    """This job's start, end (now) and wall time, for the files an evaluation run is mirrored from."""
+    finished_at = time.time()
+    return {"started_at": started_at, "finished_at": finished_at, "wall_time_s": finished_at - started_at}
+
+
 def run_identity(run_dir: Path, config: dict) -> tuple[str, dict]:
     """Run name and tags of a run directory; ``results/{dataset}/{method}/seed{seed}/run`` gives the pipeline's."""
     run_dir = Path(run_dir).resolve()
@@ -94,8 +100,8 @@ class TrainingTracker:
         try:
             from mlflow.tracking import MlflowClient
 
-            self.client = MlflowClient(tracking_uri=self.uri)
-            with uri_lock(self.uri, self.lock_timeout):
+            with uri_lock(self.uri, self.lock_timeout):  # the first client of a store creates its tables
+                self.client = MlflowClient(tracking_uri=self.uri)
                 self._open_run()
             while not self._closing.wait(self.interval):
                 self._write(self._drain())
