@@ -43,6 +43,39 @@ LIVE_RUN_FILE = "mlflow_run.json"  # in a run directory: the live run `gbm train
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens a custom_model_development experiment on
 MODEL_TRAINING_KIND = "custom_model_development"  # its training-runs table, not the GenAI overview
 ARTIFACTS_SCHEME = "mlflow-artifacts:/"  # resolved by `mlflow server --artifacts-destination`, not stored absolute
+VIEW_TAG = "mlflow.sharedViewState."  # MLflow's UI opens the view in tag VIEW_TAG + NAME at ?viewStateShareKey=NAME
+TRAINING_VIEW = {
+    "selectedColumns": ["tags.`dataset`", "tags.`method`", "tags.`seed`", "metrics.`train_loss`",
+                        "metrics.`learning_rate`", "metrics.`images_per_s`", "metrics.`job_wall_time_s`"],
+    "searchFilter": "tags.kind = 'training'", "orderByKey": "attributes.start_time", "orderByAsc": False,
+}
+EVALUATION_PARAMS = ("dataset", "method", "sampler", "steps", "prior", "seed")
+
+
+def view_url(server: str, experiment_id: str, view: str = "evaluations") -> str:
+    """The MLflow UI address of an experiment's runs table in one of our views (``evaluations``, ``training``).
+
+    MLflow 3.17's UI picks GenAI or model-training pages from ``workflowType`` (URL, else the browser's last
+    choice, GenAI by default), not from the experiment's kind tag, so the address names it.
+    """
+    return (f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={view}")
+
+
+def evaluation_view(metric_keys, param_keys, previous: dict | None = None) -> dict:
+    """The evaluations view: FID, KID and their intervals, NFE, then dataset, method, sampler, steps, prior
+    and seed as columns (those any evaluation run has, plus the view's previous columns), best FID first."""
+    def rank(key: str) -> tuple:
+        return (0 if key.startswith("fid") else 1 if key.startswith("kid") else 2, key)
+
+    metrics = sorted((k for k in metric_keys if k.startswith(("fid", "kid")) or k == "nfe"), key=rank)
+    params = [k for k in EVALUATION_PARAMS if k in set(param_keys)]
+    columns = [f"metrics.`{k}`" for k in metrics] + [f"params.`{k}`" for k in params]
+    for column in (previous or {}).get("selectedColumns", []):
+        if column not in columns:
+            columns.append(column)
+    return {"selectedColumns": columns, "searchFilter": "tags.kind = 'evaluation'",
+            "orderByKey": "metrics.`fid`", "orderByAsc": True}
 
 
 def tracking_uri(results_dir: str | Path) -> str:
@@ -70,8 +103,10 @@ def open_experiment(client, uri: str, name: str) -> str:
                 raise
     if found is not None:
         experiment_id = found.experiment_id
-    if found is None or found.tags.get(EXPERIMENT_KIND_TAG) != MODEL_TRAINING_KIND:
-        _retry(lambda: client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND))
+    wanted = {EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND, f"{VIEW_TAG}training": json.dumps(TRAINING_VIEW)}
+    for key, value in wanted.items():
+        if found is None or found.tags.get(key) != value:
+            _retry(lambda: client.set_experiment_tag(experiment_id, key, value))
     return experiment_id
 
 
@@ -328,6 +363,13 @@ class Mirror:
             if not token:
                 return runs
 
+    def set_evaluation_view(self, metric_keys: set, param_keys: set) -> None:
+        experiment = _retry(lambda: self.client.get_experiment(self.experiment_id))
+        previous = json.loads(experiment.tags.get(f"{VIEW_TAG}evaluations", "{}"))
+        view = json.dumps(evaluation_view(metric_keys, param_keys, previous))
+        if experiment.tags.get(f"{VIEW_TAG}evaluations") != view:
+            _retry(lambda: self.client.set_experiment_tag(self.experiment_id, f"{VIEW_TAG}evaluations", view))
+
     def live_run(self, record: Record):
         """The run ``gbm train`` logged for this record, when it is in this store and experiment."""
         if record.linked_run is None:
@@ -435,6 +477,10 @@ def sync(results_dir: str | Path, experiment: str, seed_dirs: list[Path] | None 
                     mirror.write(record, existing, summary)
                 except Exception as error:  # noqa: BLE001 - MLflow never fails a job
                     summary.failed.append(f"{record.key}: {type(error).__name__}: {error}")
+            evaluations = [c for r in records for c in r.children]
+            if evaluations:
+                mirror.set_evaluation_view({k for c in evaluations for k in c.metrics},
+                                           {k for c in evaluations for k in c.params})
             if full:
                 wanted = {r.key for r in records} | {c.key for r in records for c in r.children}
                 for key, runs in existing.items():
