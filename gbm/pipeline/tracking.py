@@ -2,14 +2,18 @@
 
 Layout read (written by ``gbm train``, ``gbm sample`` and ``gbm score`` through the pipeline)::
 
-    results/{dataset}/{method}/seed{seed}/run/                  training run directory
+    results/{dataset}/{method}/seed{seed}/run/                  training run directory (mlflow_run.json: its live run)
     results/{dataset}/{method}/seed{seed}/{sampler}/steps{K}/   samples.json, metrics.json, samples.npz
 
-Each training run becomes one MLflow run (tags ``kind=training``; params from its resolved config; the
-loss curve; artifacts), and each evaluated sampler a child run (tags ``kind=evaluation``, ``sampler``,
-``steps``, ``row``; FID, KID, NFE, wall times; ``metrics.json`` and a sample grid). Every record carries
-``gbm.key`` (which files it mirrors) and ``gbm.digest`` (their content hash): syncing again skips
-unchanged records and replaces changed ones, so ``sync`` is idempotent and rebuilds a lost store.
+Each training run is one MLflow run (tags ``kind=training``; params from its resolved config; the loss
+curve; artifacts): the run ``gbm train`` logged live (``gbm.pipeline.live_tracking``) is adopted and
+completed, or, when the store does not hold it, created with the job's recorded start and end. Each
+evaluated sampler is a child run (tags ``kind=evaluation``, ``sampler``, ``steps``, ``row``; FID, KID and
+any intervals, NFE, wall times; ``metrics.json`` and a sample grid) spanning its sampling and scoring
+jobs. Every record carries ``gbm.key`` (which files it mirrors) and ``gbm.digest`` (their content hash):
+syncing again skips unchanged records and replaces changed ones, so ``sync`` is idempotent and rebuilds a
+lost store. The experiment is tagged as model training, holds the ``training`` and ``evaluations`` views
+(``view_url``), and stores artifacts at a location relative to ``mlflow server --artifacts-destination``.
 
 Parallel jobs: writers take an exclusive ``fcntl`` lock next to the store and retry when SQLite reports
 a lock (e.g. while ``mlflow ui`` reads). No MLflow failure propagates: it is reported and skipped.
