@@ -24,6 +24,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--n", type=int, default=None, help="only the first N generated images (default: all)")
     parser.add_argument("--data-limit", type=int, default=None,
                         help="search only the first N training images (CPU-sized runs; default: all)")
+    parser.add_argument("--sample-features", default=None,
+                        help="features of all the samples from `gbm score --save-features` (checked by hash)")
+    parser.add_argument("--data-features", default=None,
+                        help="features of the searched training images from `gbm floor --save-bank` (checked by hash)")
     parser.add_argument("--out", required=True)
     parser.add_argument("--library", choices=LIBRARIES, default="torch-fidelity")
     parser.add_argument("--device", default="auto")
@@ -31,14 +35,23 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    samples = load_image_set(args.samples).first(args.n)
+    from gbm.metrics.store import load_features
+
+    all_samples = load_image_set(args.samples)
+    samples = all_samples.first(args.n)
     data = load_image_set(args.data, "train")
     data = data.first(min(args.data_limit, len(data.images))) if args.data_limit else data
     if samples.images.shape[1:] != data.images.shape[1:]:
         raise ValueError(f"samples {samples.images.shape[1:]} and data {data.images.shape[1:]} differ in shape")
     began = time.perf_counter()
-    train_features, _ = reference_features(data, args.library, device=args.device)
-    sample_features = extract_features(samples.images, args.library, device=args.device, what=samples.description)
+    if args.data_features:
+        train_features = load_features(args.data_features, data, args.library)
+    else:
+        train_features, _ = reference_features(data, args.library, device=args.device)
+    if args.sample_features:
+        sample_features = load_features(args.sample_features, all_samples, args.library)[: len(samples.images)]
+    else:
+        sample_features = extract_features(samples.images, args.library, device=args.device, what=samples.description)
     features_seconds = time.perf_counter() - began
     inception = nearest_neighbours(sample_features, train_features, args.k)
     pixel = nearest_neighbours(samples.images.astype(np.float32) / 255, data.images.astype(np.float32) / 255, args.k)

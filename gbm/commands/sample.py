@@ -3,6 +3,10 @@
 Uses the run's EMA weights and the prior of the SDE stored in ``model.pt``. Image i is drawn from seed
 ``seed_start + i`` alone (``gbm.seeding.PerSampleGenerator``), whatever the batch size or device — except
 with ``--guidance repel=true`` (the default when guiding), whose particle term couples a batch's images.
+
+A sampler whose state becomes non-finite stops the command with ``SamplerDiverged`` (exit status 2) and
+nothing is written; with ``--allow-nonfinite`` the files are written and record the fraction of non-finite
+images (``nonfinite``), which ``gbm score`` then refuses unless told otherwise.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ def add_parser(subparsers) -> None:
                              "repel=false keeps per-image reproducibility")
     parser.add_argument("--guidance-data", metavar="FILE.npz[:SPLIT]",
                         help="prepared dataset whose images (split train unless given) form the guidance bank")
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="keep going when the sampler's state becomes NaN or infinite: write the files and record "
+                             "the fraction of non-finite images as 'nonfinite' (gbm score refuses such files unless "
+                             "given --allow-nonfinite); by default the command stops with an error and writes nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -100,25 +108,25 @@ def run(args) -> int:
     from gbm.models import state_shape
     from gbm.data.atomic import write_stream_atomic
     from gbm.runs import git_revision, load_model, resolve_device, write_json
-    from gbm.sampling import SAMPLERS, sample, validate_request
+    from gbm.sampling import SamplerDiverged, sample, sampler_names, validate_request
     from gbm.seeding import PerSampleGenerator
 
     started_at = process_start_time()
     _check_args(args)
-    if args.sampler not in SAMPLERS:
-        raise ValueError(f"--sampler: unknown sampler {args.sampler!r}; choose one of {sorted(SAMPLERS)}")
+    if args.sampler not in sampler_names():
+        raise ValueError(f"--sampler: unknown sampler {args.sampler!r}; choose one of {sampler_names()}")
     options = sampler_options(args)
     guidance_options = options_from_pairs(args.guidance) if args.guidance else None
     device = resolve_device(args.device)
     model, record = load_model(args.run_dir, device)
     sde = model.sde
-    spec = validate_request(sde, args.sampler, args.steps, options)
+    sampler_fn = validate_request(sde, args.sampler, args.steps, options)
     score_fn, guidance = model, None
     if guidance_options is not None:
         images, source = _guidance_bank(args, record)
         score_fn = guided_from_options(sde, model, torch.from_numpy(images).to(device), guidance_options)
         guidance = {"label": "reconstruction (SPEC §7)"} | guidance_options.describe() | {"data": source}
-    if "progress" in inspect.signature(spec.fn).parameters and not args.no_progress:
+    if "progress" in inspect.signature(sampler_fn).parameters and not args.no_progress:
         options_run = options | {"progress": True}
     else:
         options_run = options
@@ -127,15 +135,23 @@ def run(args) -> int:
     sample_shape = state_shape(sde, shape)
     space = record["data"]["space"]
     seeds = np.arange(args.seed_start, args.seed_start + args.n, dtype=np.int64)
-    outputs, nfes, clamped, negative, negative_seen, values = [], [], 0.0, 0.0, False, 0
+    outputs, nfes, clamped, negative, negative_seen, values, nonfinite = [], [], 0.0, 0.0, False, 0, 0
     began = time.perf_counter()
     bar = tqdm(total=args.n, desc=f"sample {args.sampler}", unit="img", file=sys.stderr, disable=args.no_progress)
     for start in range(0, args.n, args.batch_size):
         chunk = seeds[start:start + args.batch_size].tolist()
         generator = PerSampleGenerator(chunk)
         x_T = sde.prior_sample((len(chunk), *sample_shape), noise=generator.randn(sample_shape).to(device))
-        result = sample(sde, score_fn, x_T, method=args.sampler, steps=args.steps, generator=generator, **options_run)
-        x = (sde.positions(result.x) if hasattr(sde, "positions") else result.x).float().cpu()
+        try:
+            result = sample(sde, score_fn, x_T, method=args.sampler, steps=args.steps, generator=generator,
+                            allow_nonfinite=args.allow_nonfinite, **options_run)
+        except SamplerDiverged as error:
+            bar.close()
+            raise SamplerDiverged(f"{error} [batch of seeds {chunk[0]}..{chunk[-1]}; {args.run_dir}]",
+                                  sampler=error.sampler, call=error.call, t=error.t, affected=error.affected,
+                                  batch=error.batch) from None
+        nonfinite += int(result.nonfinite.sum())
+        x = sde.positions(result.x).float().cpu()
         if space == "toy":
             outputs.append(x.numpy())
             fraction = 0.0
@@ -164,6 +180,8 @@ def run(args) -> int:
         "batch_size": args.batch_size,
         "fraction_clamped": clamped / values,
         "fraction_negative": negative / values if negative_seen else None,
+        "nonfinite": nonfinite / args.n,
+        "allow_nonfinite": args.allow_nonfinite,
         "wall_time_s": wall,
         "images_per_s": args.n / wall,
         "device": str(device),
@@ -184,5 +202,8 @@ def run(args) -> int:
     out = Path(args.out)
     write_stream_atomic(out, lambda handle: np.savez(handle, **arrays))
     write_json(out.with_suffix(".json"), meta | {"job": job_record(started_at)})
+    if nonfinite:
+        print(f"gbm sample: warning: {nonfinite} of {args.n} images are non-finite (--allow-nonfinite); "
+              f"recorded as nonfinite = {stats['nonfinite']:.4g}", file=sys.stderr)
     print(f"gbm sample: {args.n} samples, nfe {stats['nfe']}, {wall:.1f} s -> {out}", file=sys.stderr)
     return 0

@@ -15,6 +15,9 @@ def add_metric_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cleanfid-mode", choices=CLEANFID_MODES, default="clean")
     parser.add_argument("--kid-subsets", type=int, default=100)
     parser.add_argument("--kid-subset-size", type=int, default=1000, help="shrinks to the smaller set when needed")
+    parser.add_argument("--bootstrap-draws", type=int, default=1000,
+                        help="bootstrap resamples of the generated features for fid_ci/kid_ci (0: no intervals, no fid_inf)")
+    parser.add_argument("--bootstrap-level", type=float, default=0.95, help="confidence level of fid_ci/kid_ci")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-cache", action="store_true", help="do not use or write cached reference features")
     parser.add_argument("--no-sid", action="store_true", help="skip the signed inception distance (gbm.metrics.sid)")
@@ -27,6 +30,12 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fake", required=True, help="sample .npz, prepared dataset FILE.npz:SPLIT, or image folder")
     parser.add_argument("--real-split", choices=("train", "test"), default=None, help="split of a prepared --real file")
     parser.add_argument("--n", type=int, default=None, help="use the first N images of each set")
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="score a sample file that records non-finite images (gbm sample --allow-nonfinite); "
+                             "refused by default")
+    parser.add_argument("--real-features", default=None,
+                        help="features of the reference images from `gbm floor --save-reference` (checked by hash)")
+    parser.add_argument("--save-features", default=None, help="write the generated images' features here (.npz)")
     add_metric_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -41,13 +50,14 @@ def emit(result: dict, out: str | None) -> None:
 def metric_options(args: argparse.Namespace) -> dict:
     return dict(library=args.library, cleanfid_mode=args.cleanfid_mode, kid_subsets=args.kid_subsets,
                 kid_subset_size=args.kid_subset_size, device=args.device, cache=not args.no_cache,
-                sid=not args.no_sid)
+                sid=not args.no_sid, bootstrap_draws=args.bootstrap_draws, bootstrap_level=args.bootstrap_level)
 
 
 def run(args: argparse.Namespace) -> int:
     from gbm.pipeline.live_tracking import job_record, process_start_time
 
     started_at = process_start_time()
-    result = score(args.real, args.fake, n=args.n, real_split=args.real_split, **metric_options(args))
+    result = score(args.real, args.fake, n=args.n, real_split=args.real_split, allow_nonfinite=args.allow_nonfinite,
+                   real_features=args.real_features, save_fake_features=args.save_features, **metric_options(args))
     emit(result | {"job": job_record(started_at)}, args.out)
     return 0

@@ -1,12 +1,18 @@
 """FID, KID and precision/recall of a generated set against a reference set (SPEC §8).
 
-- FID: Fréchet distance between Gaussian fits of the 2048-d features, computed by the library that
-  extracted them (torch-fidelity's ``fid_statistics_to_metric`` or clean-fid's ``frechet_distance``).
+- FID: Fréchet distance between Gaussian fits of the 2048-d features. With N <= 2048 on both sides by the
+  Gram form (``gbm.metrics.uncertainty.frechet_distance``: the trace term from an N x N eigenproblem, equal
+  to the libraries' value to ~1e-6 relative, tested), since the libraries' 2048 x 2048 ``sqrtm`` costs
+  tens of CPU seconds per score; with more images by the library that extracted them (torch-fidelity's
+  ``fid_statistics_to_metric`` or clean-fid's ``frechet_distance``).
   Biased upward at small N: only equal-N numbers compare.
 - KID: unbiased MMD² with the cubic polynomial kernel ``k(x, y) = (x·y / 2048 + 1)^3`` over ``kid_subsets``
   random subsets (seeded), by torch-fidelity's ``kid_features_to_metric`` (clean-fid reports no std).
   Subset size: ``min(kid_subset_size, n_real, n_fake)`` — the requested size (default 1000, the common
   choice) shrinks to the smaller set when fewer images exist, because a subset cannot exceed its set.
+- Uncertainty (``gbm.metrics.uncertainty``): basic-bootstrap intervals ``fid_ci``/``kid_ci`` over the
+  generated samples (reference fixed) and the N-debiased ``fid_inf`` (Chong & Forsyth 2020), from the same
+  features; ``bootstrap_draws=0`` turns them off.
 - Precision/recall: k-NN manifolds (Kynkäänniemi et al. 2019, k = ``prc_neighbourhood``, default 3), by
   torch-fidelity's ``prc_features_to_metric``; reported as null when a set has at most k images.
 """
@@ -24,6 +30,14 @@ import torch
 from gbm.metrics.features import check_library, extract_features, extractor_description
 from gbm.metrics.inputs import ImageSet, load_image_set
 from gbm.metrics.reference import reference_features
+from gbm.metrics.uncertainty import (
+    DEFAULT_DRAWS,
+    DEFAULT_LEVEL,
+    bootstrap,
+    check_bootstrap_options,
+    fid_infinity,
+    frechet_distance,
+)
 
 
 def metrics_from_features(
@@ -35,22 +49,34 @@ def metrics_from_features(
     kid_subset_size: int = 1000,
     prc_neighbourhood: int = 3,
     seed: int = 0,
+    bootstrap_draws: int = DEFAULT_DRAWS,
+    bootstrap_level: float = DEFAULT_LEVEL,
 ) -> dict:
-    """FID, KID mean/std, precision, recall from two feature arrays (N x 2048)."""
-    from torch_fidelity.metric_fid import fid_statistics_to_metric
+    """FID, KID mean/std, precision, recall, their bootstrap intervals and FID_inf from two feature arrays (N x 2048)."""
     from torch_fidelity.metric_kid import kid_features_to_metric
     from torch_fidelity.metric_prc import prc_features_to_metric
 
     for what, features in (("real", real), ("fake", fake)):
         if features.ndim != 2 or features.shape[1] != 2048 or len(features) < 2:
             raise ValueError(f"{what} features: expected (N >= 2, 2048), got {features.shape}")
-    stats = [{"mu": f.astype(np.float64).mean(0), "sigma": np.cov(f.astype(np.float64), rowvar=False)} for f in (real, fake)]
-    if library == "clean-fid":
-        from cleanfid.fid import frechet_distance
+        finite = np.isfinite(features).all(axis=1)
+        if not finite.all():
+            raise ValueError(f"{what} features: {int((~finite).sum())} of {len(features)} feature vectors contain NaN "
+                             f"or infinity (first at row {int(np.argmin(finite))}); refusing to score them")
+    if max(len(real), len(fake)) <= real.shape[1]:
+        fid, fid_by = frechet_distance(real, fake), "Gram form (gbm.metrics.uncertainty), N <= feature dimension"
+    elif library == "clean-fid":
+        from cleanfid.fid import frechet_distance as cleanfid_frechet_distance
 
-        fid = float(frechet_distance(stats[0]["mu"], stats[0]["sigma"], stats[1]["mu"], stats[1]["sigma"]))
+        stats = _gaussian_fits(real, fake)
+        fid = float(cleanfid_frechet_distance(stats[0]["mu"], stats[0]["sigma"], stats[1]["mu"], stats[1]["sigma"]))
+        fid_by = f"Fréchet distance by {library}"
     else:
+        from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+        stats = _gaussian_fits(real, fake)
         fid = fid_statistics_to_metric(stats[0], stats[1], verbose=False)["frechet_inception_distance"]
+        fid_by = f"Fréchet distance by {library}"
     subset_size = min(kid_subset_size, len(real), len(fake))
     real_t, fake_t = torch.from_numpy(np.ascontiguousarray(real)), torch.from_numpy(np.ascontiguousarray(fake))
     with contextlib.redirect_stdout(io.StringIO()):
@@ -62,7 +88,7 @@ def metrics_from_features(
         if min(len(real), len(fake)) > prc_neighbourhood:
             prc = prc_features_to_metric(fake_t, real_t, prc_neighborhood=prc_neighbourhood, prc_batch_size=10000,
                                          save_cpu_ram=True, verbose=False)
-    return {
+    result = {
         "fid": fid,
         "kid_mean": kid["kernel_inception_distance_mean"],
         "kid_std": kid["kernel_inception_distance_std"],
@@ -71,20 +97,31 @@ def metrics_from_features(
         "n_real": len(real),
         "n_fake": len(fake),
         "protocol": {
-            "fid": f"Fréchet distance by {library}",
+            "fid": fid_by,
             "kid": {"estimator": "unbiased MMD^2", "kernel": "cubic polynomial (x.y/d + 1)^3", "subsets": kid_subsets,
                     "subset_size": subset_size, "seed": seed, "implementation": f"torch-fidelity {version('torch_fidelity')}"},
             "precision_recall": {"method": "k-NN manifolds (Kynkaanniemi et al. 2019)", "k": prc_neighbourhood,
                                  "implementation": f"torch-fidelity {version('torch_fidelity')}"},
         },
     }
+    if bootstrap_draws:
+        intervals = bootstrap(real, fake, draws=bootstrap_draws, level=bootstrap_level, seed=seed)
+        result["protocol"]["bootstrap"] = intervals.pop("protocol")
+        debiased = fid_infinity(real, fake, seed=seed)
+        result["protocol"]["fid_inf"] = debiased.pop("protocol")
+        result.update(intervals, **debiased)
+    return result
 
 
-def _as_set(value, what: str, split: str | None) -> ImageSet:
+def _gaussian_fits(real: np.ndarray, fake: np.ndarray) -> list[dict]:
+    return [{"mu": f.astype(np.float64).mean(0), "sigma": np.cov(f.astype(np.float64), rowvar=False)} for f in (real, fake)]
+
+
+def _as_set(value, what: str, split: str | None, allow_nonfinite: bool = False) -> ImageSet:
     if isinstance(value, ImageSet):
         return value
     if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__"):
-        return load_image_set(value, split)
+        return load_image_set(value, split, allow_nonfinite=allow_nonfinite)
     return ImageSet(np.asarray(value.cpu() if isinstance(value, torch.Tensor) else value), what)
 
 
@@ -100,16 +137,26 @@ def score(
     cache: bool = True,
     stats_dir=None,
     sid: bool = True,
+    allow_nonfinite: bool = False,
+    real_features: str | None = None,
+    save_real_features: str | None = None,
+    save_fake_features: str | None = None,
     **metric_options,
 ) -> dict:
     """Score ``fake`` against ``real`` (each: ImageSet, uint8 array (N, C, H, W), or a path spec).
 
     ``n`` takes the first n images of each set. Reference features are cached by content hash unless
-    ``cache`` is False. Returns metrics with sample counts, the feature extractor and the library;
+    ``cache`` is False; ``real_features`` reads them from a features file instead (``gbm.metrics.store``,
+    checked against the images), and ``save_real_features``/``save_fake_features`` write the features used,
+    so later jobs read them instead of running Inception again. Returns metrics with sample counts, the feature extractor and the library;
     with ``sid`` also the signed inception distance (``gbm.metrics.sid``) from the same features.
+    A sample file that records non-finite images (``gbm sample --allow-nonfinite``) is refused unless
+    ``allow_nonfinite``; feature sets with NaN or infinity are always refused.
     """
     check_library(library, cleanfid_mode)
-    real_set, fake_set = _as_set(real, "real images", real_split), _as_set(fake, "fake images", None)
+    check_bootstrap_options(metric_options.get("bootstrap_draws", DEFAULT_DRAWS), metric_options.get("bootstrap_level", DEFAULT_LEVEL))
+    real_set = _as_set(real, "real images", real_split, allow_nonfinite)
+    fake_set = _as_set(fake, "fake images", None, allow_nonfinite)
     real_set, fake_set = real_set.first(n), fake_set.first(n)
     from gbm.metrics.features import validate_images
 
@@ -120,13 +167,22 @@ def score(
             f"channel counts differ: {real_set.description} has {real_set.images.shape[1]}, "
             f"{fake_set.description} has {fake_set.images.shape[1]}"
         )
+    from gbm.metrics.store import load_features, save_features
+
     began = time.perf_counter()
-    if cache:
+    if real_features is not None:
+        real_features, cache_state = load_features(real_features, real_set, library, cleanfid_mode), "file"
+    elif cache:
         real_features, cache_state = reference_features(real_set, library, cleanfid_mode=cleanfid_mode, device=device, stats_dir=stats_dir)
     else:
         real_features, cache_state = extract_features(real_set.images, library, device=device, cleanfid_mode=cleanfid_mode), "off"
     fake_features = extract_features(fake_set.images, library, device=device, cleanfid_mode=cleanfid_mode, what=fake_set.description)
     features_seconds = time.perf_counter() - began
+    if save_real_features:
+        save_features(save_real_features, real_set, real_features, library, cleanfid_mode)
+    if save_fake_features:
+        save_features(save_fake_features, fake_set, fake_features, library, cleanfid_mode)
+    began = time.perf_counter()
     result = metrics_from_features(real_features, fake_features, library, **metric_options)
     if sid:
         from gbm.metrics.sid import signed_inception_distance
@@ -140,6 +196,6 @@ def score(
         library=extractor_description(library, cleanfid_mode)["library"],
         feature_extractor=extractor_description(library, cleanfid_mode),
         reference_cache=cache_state,
-        timing={"features_s": features_seconds},
+        timing={"features_s": features_seconds, "metrics_s": time.perf_counter() - began},
     )
     return result

@@ -98,7 +98,7 @@ def forward_histograms(data_npz: Path, png: Path, times: list[float], images: in
 
     from gbm.data import load_prepared
     from gbm.pixels import to_positive
-    from gbm.sde import GBM
+    from gbm.methods.gbm import GBM
 
     data = load_prepared(data_npz)
     train = data.images("train")
@@ -129,8 +129,8 @@ def toy_figure(png: Path, paths: int = 64, points: int = 2000, steps: int = 200,
     """2-D toy: positive two-spirals, GBM forward paths (exact solution on a grid), the log-normal end."""
     import torch
 
-    from gbm.sde import GBM
-    from gbm.toy import two_spirals
+    from gbm.methods.gbm import GBM
+    from gbm.data.toy import two_spirals
 
     g = torch.Generator().manual_seed(seed)
     sde = GBM()
@@ -239,4 +239,36 @@ def trajectory_figure(snapshots: dict[str, tuple[np.ndarray, list[float]]], png:
         _show(ax, tile(per_image, cols=frames.shape[0]))
         ax.set_title(f"{sampler}: t = " + ", ".join(f"{t:.2f}" for t in times), fontsize=8)
     fig.suptitle(title, y=1.0)
+    save(fig, png)
+
+
+VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red", "not resolved": "tab:grey"}
+
+
+def comparison_figure(table: pd.DataFrame, png: Path) -> None:
+    """ΔFID and ΔKID against the baseline with their intervals, one row per configuration, coloured by verdict."""
+    datasets = list(dict.fromkeys(table["dataset"]))
+    labels = table["method"] + " / " + table["sampler"]
+    if "prior" in table:
+        labels = labels + table["prior"].map(lambda p: "" if pd.isna(p) else f" ({p})")
+    table = table.assign(label=labels + " · " + table["steps"].astype(int).astype(str) + " steps")
+    rows = max(len(table[table["dataset"] == d]) for d in datasets)
+    fig, axes = plt.subplots(len(datasets), 2, figsize=(9, 0.35 * rows * len(datasets) + 1.4 * len(datasets)),
+                             squeeze=False, layout="constrained")
+    for r, dataset in enumerate(datasets):
+        subset = table[table["dataset"] == dataset].reset_index(drop=True)
+        for c, (metric, name, scale) in enumerate((("fid", "ΔFID", 1.0), ("kid", "ΔKID ×10³", 1e3))):
+            ax = axes[r][c]
+            for y, row in subset.iterrows():
+                centre, low, high = (scale * row[f"{metric}_{k}"] for k in ("difference", "low", "high"))
+                colour = VERDICT_COLOURS[row[f"{metric}_verdict"]]
+                ax.errorbar(centre, y, xerr=[[centre - low], [high - centre]], fmt="o", ms=4, capsize=3, color=colour)
+            ax.axvline(0, color="k", lw=0.8)
+            ax.set_yticks(range(len(subset)), subset["label"] if c == 0 else [""] * len(subset))
+            ax.invert_yaxis()
+            ax.set_xlabel(f"{name} vs {subset['baseline'].iloc[0]} (negative: better)")
+            ax.set_title(f"{dataset}: {name}, {100 * subset['level'].iloc[0]:g}% interval (seeds and samples)")
+            ax.grid(axis="x", alpha=0.3)
+    handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=v) for v, c in VERDICT_COLOURS.items()]
+    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8)
     save(fig, png)

@@ -2,7 +2,11 @@
 
 ``aggregate`` reads each evaluated sampler's ``metrics.json`` (from ``gbm score``) and ``samples.json``
 (from ``gbm sample``) into one row per run; ``benchmark_table`` groups rows by dataset × method × sampler ×
-step count and reports FID and KID as mean ± std over training seeds, with N, NFE and the reference split.
+step count and reports FID and KID as mean ± std over training seeds, with N, NFE and the reference split,
+the interval of the seed mean over seeds and generated samples (two-stage bootstrap,
+``gbm.pipeline.comparisons``), FID_inf (N-debiased FID, ``gbm.metrics.uncertainty``) and the largest share
+of non-finite images (``nonfinite``, non-zero only for ``--allow-nonfinite`` samples). Failed evaluations
+(``gbm.pipeline.failures``) are listed beside the tables, never left out silently.
 """
 
 from __future__ import annotations
@@ -33,6 +37,11 @@ def _pick(values: dict, *names, default=None):
     return default
 
 
+def _interval(metrics: dict, key: str) -> tuple:
+    value = metrics.get(key)
+    return tuple(value) if isinstance(value, list) and len(value) == 2 else (None, None)
+
+
 def evaluation_row(metrics_path: Path) -> dict:
     """One tidy row for ``results/{dataset}/{method}/seed{seed}/{sampler}/steps{K}/metrics.json``."""
     metrics_path = Path(metrics_path)
@@ -57,12 +66,19 @@ def evaluation_row(metrics_path: Path) -> dict:
         "fid": _pick(metrics, "fid", "FID"),
         "kid": _pick(metrics, "kid_mean", "kid.mean", "KID") if not isinstance(kid, (int, float)) else kid,
         "kid_subset_std": _pick(metrics, "kid_std", "kid.std"),
+        "fid_ci_low": _interval(metrics, "fid_ci")[0],
+        "fid_ci_high": _interval(metrics, "fid_ci")[1],
+        "kid_ci_low": _interval(metrics, "kid_ci")[0],
+        "kid_ci_high": _interval(metrics, "kid_ci")[1],
+        "ci_level": _pick(metrics, "protocol.bootstrap.level"),
+        "fid_inf": _pick(metrics, "fid_inf"),
         "precision": _pick(metrics, "precision"),
         "recall": _pick(metrics, "recall"),
         "feature_extractor": _pick(metrics, "feature_extractor", "extractor"),
         "library": _pick(metrics, "library"),
         "fraction_clamped": _pick(stats, "fraction_clamped"),
         "fraction_negative": _pick(stats, "fraction_negative"),
+        "nonfinite": _pick(stats, "nonfinite", default=0.0),
         "sample_wall_s": _pick(stats, "wall_time_s", "wall_time", "wall_s"),
         "score_wall_s": _pick(metrics, "wall_time_s", "wall_time", "wall_s"),
         "path": str(eval_dir),
@@ -76,6 +92,17 @@ def aggregate(metrics_paths: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(GROUP + ["seed"]).reset_index(drop=True)
 
 
+FAILED_COLUMNS = ["dataset", "method", "seed", "sampler", "steps", "stage", "reason", "path"]
+
+
+def failed_table(failed: list[tuple[Path, Path]]) -> pd.DataFrame:
+    """``failed.csv``: one row per failed evaluation ``(eval_dir, sample log)``, the reason read from its log."""
+    from gbm.pipeline.failures import failed_row, sampling_failure
+
+    rows = [failed_row(eval_dir, sampling_failure(log)) for eval_dir, log in failed]
+    return pd.DataFrame(rows, columns=FAILED_COLUMNS)
+
+
 def _mean_std(values: pd.Series) -> tuple[float, float]:
     values = values.dropna().astype(float)
     if values.empty:
@@ -83,16 +110,34 @@ def _mean_std(values: pd.Series) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
 
 
+def _seed_mean_interval(group: pd.DataFrame, metric: str) -> tuple[float, float, float]:
+    """Two-stage bootstrap interval (seeds, then samples) of the seed mean, and its level; NaN without replicates."""
+    from gbm.pipeline.comparisons import arm_interval, arms
+
+    levels = group["ci_level"].dropna().unique() if "ci_level" in group else []
+    if len(levels) != 1 or group[f"{metric}_ci_low"].isna().any():
+        return math.nan, math.nan, math.nan
+    low, high = arm_interval(arms(group, metric), level=float(levels[0]))
+    return low, high, float(levels[0])
+
+
 def benchmark_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over seeds per dataset × method × sampler × step count."""
+    """Mean ± std over seeds per dataset × method × sampler × step count, the seed mean's interval, FID_inf."""
     rows = []
-    for key, group in runs.groupby(GROUP, sort=False):
+    group_by = GROUP[:3] + (["prior"] if "prior" in runs else []) + GROUP[3:]
+    for key, group in runs.groupby(group_by, sort=False, dropna=False):
         fid_mean, fid_std = _mean_std(group["fid"])
         kid_mean, kid_std = _mean_std(group["kid"])
-        rows.append(dict(zip(GROUP, key), nfe=group["nfe"].dropna().mean() if group["nfe"].notna().any() else math.nan,
+        fid_low, fid_high, level = _seed_mean_interval(group, "fid")
+        kid_low, kid_high, _ = _seed_mean_interval(group, "kid")
+        fid_inf = _mean_std(group["fid_inf"])[0] if "fid_inf" in group else math.nan
+        rows.append(dict(zip(group_by, key), nfe=group["nfe"].dropna().mean() if group["nfe"].notna().any() else math.nan,
                          n=group["n"].iloc[0], reference_split=group["reference_split"].iloc[0],
                          guided=bool(group["guided"].any()) if "guided" in group else False,
-                         seeds=len(group), fid_mean=fid_mean, fid_std=fid_std, kid_mean=kid_mean, kid_std=kid_std))
+                         nonfinite=float(group["nonfinite"].fillna(0).max()) if "nonfinite" in group else 0.0,
+                         seeds=len(group), fid_mean=fid_mean, fid_std=fid_std, kid_mean=kid_mean, kid_std=kid_std,
+                         ci_level=level, fid_ci_low=fid_low, fid_ci_high=fid_high, kid_ci_low=kid_low,
+                         kid_ci_high=kid_high, fid_inf=fid_inf))
     return pd.DataFrame(rows)
 
 
@@ -109,6 +154,9 @@ def floor_table(floor_paths: list[Path]) -> pd.DataFrame:
             "fid": _pick(values, "fid", "FID"),
             "kid": _pick(values, "kid_mean", "kid.mean"),
             "kid_subset_std": _pick(values, "kid_std", "kid.std"),
+            "fid_ci_low": _interval(values, "fid_ci")[0],
+            "fid_ci_high": _interval(values, "fid_ci")[1],
+            "fid_inf": _pick(values, "fid_inf"),
         })
     return pd.DataFrame(rows)
 
@@ -121,8 +169,18 @@ def _pm(mean: float, std: float, digits: int, latex: bool = False) -> str:
     return f"{mean:.{digits}f}{pm}{spread}"
 
 
+def _ci(low, high, scale: float = 1.0) -> str:
+    if low is None or high is None or pd.isna(low) or pd.isna(high):
+        return "n/a"
+    return f"[{scale * low:.2f}, {scale * high:.2f}]"
+
+
+def _number(value, digits: int = 2) -> str:
+    return "n/a" if value is None or pd.isna(value) else f"{value:.{digits}f}"
+
+
 def _display(table: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
-    return pd.DataFrame({
+    shown = pd.DataFrame({
         "Dataset": table["dataset"],
         "Method": table["method"],
         "Sampler": [f"{s} + guidance{GUIDANCE_MARK}" if g else s for s, g in zip(table["sampler"], table["guided"])],
@@ -132,8 +190,14 @@ def _display(table: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
         "Ref.": table["reference_split"],
         "Seeds": table["seeds"],
         "FID": [_pm(m, s, 2, latex) for m, s in zip(table["fid_mean"], table["fid_std"])],
+        "FID CI": [_ci(lo, hi) for lo, hi in zip(table["fid_ci_low"], table["fid_ci_high"])],
+        "FID∞": table["fid_inf"].map(_number),
         "KID ×10³": [_pm(1e3 * m, 1e3 * s, 2, latex) for m, s in zip(table["kid_mean"], table["kid_std"])],
+        "KID ×10³ CI": [_ci(lo, hi, 1e3) for lo, hi in zip(table["kid_ci_low"], table["kid_ci_high"])],
     })
+    if (table["nonfinite"] > 0).any():
+        shown["Non-finite %"] = [f"{100 * v:.1f}" for v in table["nonfinite"]]
+    return shown
 
 
 def _floor_display(floor: pd.DataFrame) -> pd.DataFrame:
@@ -142,6 +206,8 @@ def _floor_display(floor: pd.DataFrame) -> pd.DataFrame:
         "Split vs ref.": floor["split"].astype(str) + " vs " + floor["reference_split"].astype(str),
         "N": floor["n"],
         "FID": floor["fid"].map(lambda v: "n/a" if v is None or pd.isna(v) else f"{v:.2f}"),
+        "FID CI": [_ci(lo, hi) for lo, hi in zip(floor["fid_ci_low"], floor["fid_ci_high"])],
+        "FID∞": floor["fid_inf"].map(_number),
         "KID ×10³": floor["kid"].map(lambda v: "n/a" if v is None or pd.isna(v) else f"{1e3 * v:.2f}"),
     })
 
@@ -155,7 +221,7 @@ def markdown(table: pd.DataFrame, caption: str) -> str:
 
 def latex(table: pd.DataFrame, caption: str, label: str) -> str:
     def cell(value) -> str:
-        text = str(value).replace("_", r"\_").replace("×10³", r"$\times 10^3$").replace("–", "--")
+        text = str(value).replace("_", r"\_").replace("×10³", r"$\times 10^3$").replace("–", "--").replace("∞", r"$_\infty$")
         return text
 
     lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{cell(caption)}}}", rf"\label{{{label}}}",
@@ -166,19 +232,35 @@ def latex(table: pd.DataFrame, caption: str, label: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(runs: pd.DataFrame, floor: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
-    """benchmark.{csv,md,tex} and floor.{csv,md,tex} under ``out_dir``; returns the paths written."""
+def write_tables(runs: pd.DataFrame, floor: pd.DataFrame, out_dir: Path, name: str,
+                 failed: pd.DataFrame | None = None) -> list[Path]:
+    """benchmark.{csv,md,tex} and floor.{csv,md,tex} under ``out_dir``; returns the paths written.
+
+    ``failed`` (``failed.csv``): evaluations without metrics, named under the Markdown table and in the caption."""
     out_dir = Path(out_dir)
     table = benchmark_table(runs)
     n = ", ".join(sorted({str(int(v)) for v in table["n"].dropna()})) or "n/a"
+    levels = sorted({f"{100 * v:g}%" for v in table["ci_level"].dropna()}) or ["n/a"]
     caption = (f"Benchmark '{name}': FID and KID (mean ± std over training seeds) with N = {n} samples per "
-               f"sampler against the reference split; TF-Inception pool3 features.")
+               f"sampler against the reference split; TF-Inception pool3 features. CI: {', '.join(levels)} "
+               f"two-stage bootstrap interval of the seed mean (seeds, then generated samples; reference fixed). "
+               f"FID∞: N-debiased FID (Chong & Forsyth 2020), mean over seeds.")
     if table["guided"].any():
         caption += " " + GUIDANCE_NOTE
-    floor_caption = f"Real-vs-real floor (benchmark '{name}'): the same N and feature extractor."
+    if (table["nonfinite"] > 0).any():
+        caption += (" Non-finite %: share of images whose sampler state became NaN or infinite (sampled with "
+                    "--allow-nonfinite); their FID/KID are not those of a working sampler.")
+    failures = ""
+    if failed is not None and len(failed):
+        caption += f" {len(failed)} evaluation(s) failed and are not in the table (failed.csv)."
+        failures = "\nFailed evaluations (no metrics):\n\n" + "\n".join(
+            f"- {r.dataset} / {r.method} / seed {r.seed} / {r.sampler} / {r.steps} steps: {r.reason}"
+            for r in failed.itertuples(index=False)) + "\n"
+    floor_caption = (f"Real-vs-real floor (benchmark '{name}'): the same N and feature extractor; CI over the "
+                     f"training subset (reference fixed); FID∞ the N-debiased FID, near 0 when unbiased.")
     written = {
         "benchmark.csv": table.to_csv(index=False),
-        "benchmark.md": markdown(_display(table), caption),
+        "benchmark.md": markdown(_display(table), caption) + failures,
         "benchmark.tex": latex(_display(table, latex=True), caption.replace("±", r"$\pm$"), "tab:benchmark"),
         "floor.csv": floor.to_csv(index=False),
         "floor.md": markdown(_floor_display(floor), floor_caption),

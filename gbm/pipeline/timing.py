@@ -2,8 +2,8 @@
 
 Snakemake's ``benchmark:`` files give each job's wall time and (from their modification time) when it
 ended; the ``gbm`` commands report the seconds they spent in the work itself (training loop, sampler,
-Inception features). Overhead is the share of the available core-time (wall time x cores) not spent in
-that work (each compute second occupies ``min(threads, cores)`` cores): process start-up, imports, data
+Inception features, and the metrics computed from them: bootstrap intervals, FID_inf, SID). Overhead is
+the share of the available core-time (wall time x cores) not spent in that work (each compute second occupies ``min(threads, cores)`` cores): process start-up, imports, data
 loading, scheduling, idle cores, tables, figures, MLflow.
 """
 
@@ -43,17 +43,24 @@ def job_times(results: Path) -> list[dict]:
 
 
 def compute_seconds(results: Path) -> dict[str, float]:
-    """Seconds the gbm commands spent training, sampling and extracting features."""
+    """Seconds the gbm commands spent training, sampling, extracting features and computing metrics from them."""
     results = Path(results)
     train = sum(_seconds(p, "training") for p in results.glob("*/*/seed*/run/train_metrics.json"))
     sample = sum(_seconds(p) for p in results.glob("*/*/seed*/*/steps*/samples.json"))
     features = sum(_seconds(p, "timing") for p in results.glob("*/*/seed*/*/steps*/metrics.json"))
     features += sum(_seconds(p, "timing") for p in results.glob("*/floor.json"))
+    scored = [*results.glob("*/*/seed*/*/steps*/metrics.json"), *results.glob("*/floor.json")]
+    metrics = sum(_metric_seconds(p) for p in scored)
     for path in results.glob("*/*/seed*/*/steps*/neighbours.npz"):
         with np.load(path) as archive:
             meta = json.loads(str(archive["meta"])) if "meta" in archive else {}
         features += float(_pick(meta, "timing.features_s", default=0.0))
-    return {"training": train, "sampling": sample, "feature_extraction": features}
+    return {"training": train, "sampling": sample, "feature_extraction": features, "metrics": metrics}
+
+
+def _metric_seconds(path: Path) -> float:
+    value = _pick(json.loads(path.read_text()), "timing.metrics_s", default=0.0)
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 def timing_report(results: Path, cores: int, threads: int) -> dict:

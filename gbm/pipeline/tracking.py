@@ -39,6 +39,7 @@ from typing import Iterator
 import yaml
 
 from gbm.data.atomic import write_bytes_atomic
+from gbm.pipeline.config import RESOLVED_CONFIG_NAME
 
 STORE_NAME = "mlflow.db"
 ARTIFACTS_NAME = "mlartifacts"
@@ -225,6 +226,7 @@ def training_record(seed_dir: Path, config_name: str) -> Record:
     _flatten("", _read_json(run_dir / "train_metrics.json"), flat)
     live = _read_json(run_dir / LIVE_RUN_FILE)
     files = [run_dir / name for name in ("config.yaml", "environment.json", "train_metrics.json", "loss.csv")]
+    files.append(seed_dir.parents[2] / RESOLVED_CONFIG_NAME)  # the pipeline run's whole configuration
     record = Record(
         key=f"{dataset}/{method}/seed{seed}", name=f"{dataset}/{method}/seed{seed}", tags=tags, params=params,
         metrics={f"train.{k}": v for k, v in _numeric(flat).items()}, curve=_loss_curve(run_dir / "loss.csv"),

@@ -19,14 +19,19 @@ rule prepare_data:
 
 
 rule floor:
-    # Also the reference-statistics step: `gbm floor` extracts the features of the first N images of the
-    # test split and caches them by content hash, so every `score` job (which waits for it) reuses them.
+    # Also the per-dataset features job: the reference (first N test images) and the neighbour search bank
+    # (first B training images) are extracted here once, written beside floor.json (keyed by content hash),
+    # and read by every `score` and `neighbours` job instead of running Inception on them again.
     input:
         data="results/data/{dataset}.npz",
     output:
-        "results/{dataset}/floor.json",
+        floor="results/{dataset}/floor.json",
+        reference="results/{dataset}/features/reference.npz",
+        bank="results/{dataset}/features/bank.npz",
     params:
         n=config["evaluation"]["n_samples"],
+        bank=config["evaluation"]["neighbours"]["training_images"] or "all",
+        draws=config["evaluation"]["bootstrap_draws"],
     log:
         "results/logs/floor/{dataset}.log",
     benchmark:
@@ -38,4 +43,5 @@ rule floor:
         runtime=config["runtime"]["score"],
     shell:
         "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
-        "python -m gbm.pipeline.devices -- gbm floor {input.data} --n {params.n} --out {output} > {log} 2>&1"
+        "python -m gbm.pipeline.devices -- gbm floor {input.data} --n {params.n} --save-reference {output.reference} "
+        "--bank {params.bank} --save-bank {output.bank} --bootstrap-draws {params.draws} --out {output.floor} > {log} 2>&1"

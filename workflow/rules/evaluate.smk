@@ -1,5 +1,8 @@
-# Evaluation of every trained model: sample (sampler x step count), score (FID/KID against the
-# reference split; reference statistics are cached by `gbm score`), nearest neighbours for the figure.
+# Evaluation of every trained model: sample (sampler x step count), score (FID/KID against the reference
+# split, whose features `floor` extracted; writes the samples' features), nearest neighbours for the figure
+# (no Inception: it reads the samples' features and the dataset's bank features).
+# A sampler that diverges fails its sample job (gbm sample exits 2, writes nothing); its log starts with the
+# command (common.smk: FAILED), so a later run lists it in results/tables/failed.csv instead of waiting on it.
 
 
 rule sample:
@@ -10,10 +13,8 @@ rule sample:
         samples="results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/samples.npz",
         stats="results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/samples.json",
     params:
-        run_dir=run_dir,
-        sampler=sample_args,
-        n=config["evaluation"]["n_samples"],
-        batch_size=config["evaluation"]["batch_size"],
+        command=sample_command,
+        record=lambda wildcards: COMMAND_PREFIX + sample_command(wildcards),
     log:
         "results/logs/sample/{dataset}_{method}_seed{seed}_{sampler}_steps{steps}.log",
     benchmark:
@@ -25,20 +26,21 @@ rule sample:
         runtime=config["runtime"]["sample"],
     shell:
         "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
-        "python -m gbm.pipeline.devices -- gbm sample {params.run_dir} {params.sampler} --steps {wildcards.steps} "
-        "--n {params.n} --batch-size {params.batch_size} --seed-start 0 --out {output.samples} > {log} 2>&1"
+        "printf '%s\\n' {params.record:q} > {log}; python -m gbm.pipeline.devices -- {params.command} >> {log} 2>&1"
 
 
 rule score:
     input:
         data="results/data/{dataset}.npz",
-        reference="results/{dataset}/floor.json",  # the cached reference statistics
+        reference="results/{dataset}/features/reference.npz",
         samples="results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/samples.npz",
     output:
-        "results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/metrics.json",
+        metrics="results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/metrics.json",
+        features="results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/features.npz",
     params:
         n=config["evaluation"]["n_samples"],
         split=config["evaluation"]["reference_split"],
+        draws=config["evaluation"]["bootstrap_draws"],
     log:
         "results/logs/score/{dataset}_{method}_seed{seed}_{sampler}_steps{steps}.log",
     benchmark:
@@ -51,18 +53,22 @@ rule score:
     shell:
         "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
         "python -m gbm.pipeline.devices -- gbm score --real {input.data} --real-split {params.split} "
-        "--fake {input.samples} --n {params.n} --out {output} > {log} 2>&1"
+        "--real-features {input.reference} --fake {input.samples} --n {params.n} --save-features {output.features} "
+        "--bootstrap-draws {params.draws} "
+        "--out {output.metrics} > {log} 2>&1"
 
 
 rule neighbours:
     input:
         data="results/data/{dataset}.npz",
         samples="results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/samples.npz",
+        features="results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/features.npz",
+        bank="results/{dataset}/features/bank.npz",
     output:
         "results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/neighbours.npz",
     params:
         queries=config["evaluation"]["neighbours"]["queries"],
-        bank=config["evaluation"]["neighbours"]["training_images"],
+        bank=neighbour_bank_args(),
         k=config["evaluation"]["neighbours"]["k"],
     log:
         "results/logs/neighbours/{dataset}_{method}_seed{seed}_{sampler}_steps{steps}.log",
@@ -70,10 +76,10 @@ rule neighbours:
         "results/benchmarks/neighbours/{dataset}_{method}_seed{seed}_{sampler}_steps{steps}.tsv"
     threads: THREADS
     resources:
-        gpu=1,
         mem_mb=config["mem_mb"],
         runtime=config["runtime"]["score"],
     shell:
         "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
-        "python -m gbm.pipeline.devices -- gbm neighbours --data {input.data} --samples {input.samples} "
-        "--n {params.queries} --data-limit {params.bank} --k {params.k} --out {output} > {log} 2>&1"
+        "gbm neighbours --data {input.data} --samples {input.samples} "
+        "--sample-features {input.features} --data-features {input.bank} --n {params.queries} "
+        "{params.bank} --k {params.k} --out {output} > {log} 2>&1"

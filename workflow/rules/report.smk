@@ -4,21 +4,26 @@
 
 rule aggregate:
     input:
-        metrics=[f"{e.directory}/metrics.json" for e in EVALUATIONS],
-        stats=[f"{e.directory}/samples.json" for e in EVALUATIONS],
+        metrics=[f"{e.directory}/metrics.json" for e in SCORED],
+        stats=[f"{e.directory}/samples.json" for e in SCORED],
     output:
-        "results/tables/metrics.csv",
+        metrics="results/tables/metrics.csv",
+        failed=report("results/tables/failed.csv", caption="../report/failed.rst", category="Tables"),
+    params:
+        failed=" ".join(f"--failed {e.directory} {sample_log(e)}" for e in FAILED),
     log:
         "results/logs/report/aggregate.log",
     benchmark:
         "results/benchmarks/report/aggregate.tsv"
     shell:
-        "gbm report aggregate {input.metrics} --out {output} > {log} 2>&1"
+        "gbm report aggregate {input.metrics} --out {output.metrics} {params.failed} --failed-out {output.failed} "
+        "> {log} 2>&1"
 
 
 rule tables:
     input:
         metrics="results/tables/metrics.csv",
+        failed="results/tables/failed.csv",
         floors=expand("results/{dataset}/floor.json", dataset=DATASETS),
     output:
         table=report("results/tables/benchmark.csv", caption="../report/table.rst", category="Tables"),
@@ -34,8 +39,29 @@ rule tables:
     benchmark:
         "results/benchmarks/report/tables.tsv"
     shell:
-        "gbm report tables --metrics {input.metrics} --floor {input.floors} --name {params.name} "
+        "gbm report tables --metrics {input.metrics} --failed {input.failed} --floor {input.floors} --name {params.name} "
         "--out-dir results/tables > {log} 2>&1"
+
+
+rule comparisons:
+    input:
+        "results/tables/metrics.csv",  # each row's metrics.json holds the bootstrap replicates
+    output:
+        table=report("results/tables/comparisons.csv", caption="../report/comparisons.rst", category="Tables"),
+        markdown="results/tables/comparisons.md",
+        latex="results/tables/comparisons.tex",
+        png=report("results/figures/comparisons.png", caption="../report/comparisons.rst", category="Metrics"),
+        pdf="results/figures/comparisons.pdf",
+    params:
+        baseline=f"{config['comparisons']['baseline']['method']}/{config['comparisons']['baseline']['sampler']}",
+        name=config["name"],
+    log:
+        "results/logs/report/comparisons.log",
+    benchmark:
+        "results/benchmarks/report/comparisons.tsv"
+    shell:
+        "gbm report comparisons --metrics {input} --baseline {params.baseline} --name {params.name} "
+        "--out-dir results/tables --figure {output.png} > {log} 2>&1"
 
 
 rule figure_samples:
@@ -91,14 +117,16 @@ rule figure_forward:
 
 rule figure_trajectories:
     input:
-        [f"results/{d}/gbm/seed{NEIGHBOUR_SEED}/run/model.pt" for d in DATASETS],
+        [f"results/{d}/{TRAJECTORY_ENTRY}/seed{NEIGHBOUR_SEED}/run/model.pt" for d in DATASETS],
     output:
         png=[report(p, caption="../report/trajectories.rst", category="Reverse process") for p in TRAJECTORY_FIGURES],
         pdf=pdf(TRAJECTORY_FIGURES),
     params:
-        runs=[f"results/{d}/gbm/seed{NEIGHBOUR_SEED}/run" for d in DATASETS],
+        runs=[f"results/{d}/{TRAJECTORY_ENTRY}/seed{NEIGHBOUR_SEED}/run" for d in DATASETS],
         snapshots=config["figures"]["trajectory_snapshots"],
-        steps=lambda wildcards: max(s for spec in config["methods"]["gbm"]["samplers"].values() for s in spec["steps"]),
+        steps=lambda wildcards: max(
+            s for spec in config["methods"][TRAJECTORY_ENTRY]["samplers"].values() for s in spec["steps"]
+        ),
     log:
         "results/logs/report/figure_trajectories.log",
     benchmark:
