@@ -209,10 +209,10 @@ class _LossLog:
     def add(self, step: int, loss: torch.Tensor) -> None:
         self.pending.append((step, loss.detach()))
 
-    def flush(self) -> float | None:
-        """Write pending rows; raise ``TrainingDiverged`` at the first non-finite loss."""
+    def flush(self) -> list[tuple[int, float]]:
+        """Write pending rows and return them; raise ``TrainingDiverged`` at the first non-finite loss."""
         if not self.pending:
-            return None
+            return []
         steps = [s for s, _ in self.pending]
         values = torch.stack([v for _, v in self.pending]).float().cpu().tolist()
         self.pending = []
@@ -225,7 +225,7 @@ class _LossLog:
                         "weights. Lower train.lr, raise train.warmup or set train.grad_clip"
                     )
         self.recent = (self.recent + values)[-100:]
-        return values[-1]
+        return list(zip(steps, values))
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -252,9 +252,19 @@ def _check_resumable(run: RunDir, config: Config) -> None:
         )
 
 
+def learning_rate(tc, step: int) -> float:
+    """The learning rate of 1-based ``step``: linear warm-up over ``train.warmup`` steps, then ``train.lr``."""
+    return tc.lr * min(1.0, step / tc.warmup) if tc.warmup else tc.lr
+
+
 def train(config: Config, run_dir: str | Path, device: str | torch.device = "auto", progress: bool = True,
-          setup: TrainingSetup | None = None) -> dict:
-    """Train in ``run_dir``, resuming from its latest checkpoint; returns the training metrics."""
+          setup: TrainingSetup | None = None, observer: Callable | None = None) -> dict:
+    """Train in ``run_dir``, resuming from its latest checkpoint; returns the training metrics.
+
+    ``observer(step, loss, learning_rate, images_per_s)``, when given, is called for every step as its
+    loss is written to ``loss.csv`` (every ``train.log_every`` steps), with the throughput since the
+    previous write; it must return quickly (``gbm.pipeline.live_tracking`` only queues).
+    """
     setup = setup or prepare(config, device)
     device, tc = setup.device, config.train
     run = RunDir(run_dir)
@@ -312,10 +322,11 @@ def train(config: Config, run_dir: str | Path, device: str | torch.device = "aut
     began = time.perf_counter()
     bar = tqdm(total=tc.steps, initial=start, desc=f"train {config.sde.name}", unit="step", file=sys.stderr,
                disable=not progress, mininterval=1.0, dynamic_ncols=True)
+    window_began = began
     for step in range(start + 1, tc.steps + 1):
         if tc.warmup:
             for group in optimizer.param_groups:
-                group["lr"] = tc.lr * min(1.0, step / tc.warmup)
+                group["lr"] = learning_rate(tc, step)
         x0 = setup.data.batch(step - 1, tc.batch_size)
         loss = setup.loss_fn(setup.model, x0, generator=noise)
         optimizer.zero_grad(set_to_none=True)
@@ -328,8 +339,14 @@ def train(config: Config, run_dir: str | Path, device: str | torch.device = "aut
         bar.update(1)
         checkpoint_now = step % tc.checkpoint_every == 0 or step == tc.steps
         if checkpoint_now or step % tc.log_every == 0:
-            last = log.flush()
-            bar.set_postfix(loss=f"{last:.4g}", refresh=False)
+            rows = log.flush()
+            bar.set_postfix(loss=f"{rows[-1][1]:.4g}", refresh=False)
+            if observer is not None:
+                now = time.perf_counter()
+                rate = len(rows) * tc.batch_size / (now - window_began)
+                window_began = now
+                for row_step, value in rows:
+                    observer(row_step, value, learning_rate(tc, row_step), rate)
         if checkpoint_now:
             save_checkpoint(step, wall_before + time.perf_counter() - began)
     bar.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ import pytest
 from gbm.pipeline.tables import aggregate, benchmark_table, write_tables
 
 GBM = str(Path(sys.executable).parent / "gbm")
+JOB_START = 1.7e9  # when the sampling job of every synthetic evaluation started
 FID = {("gbm", 0): 30.0, ("gbm", 1): 34.0, ("gbm", 2): 38.0, ("vp", 0): 50.0, ("vp", 1): 52.0, ("vp", 2): 54.0}
 
 
@@ -34,9 +36,12 @@ def fake_results(root: Path, seeds=(0, 1, 2)) -> Path:
             evaluation.mkdir(parents=True)
             (evaluation / "metrics.json").write_text(json.dumps({
                 "fid": FID[method, seed], "kid_mean": FID[method, seed] / 1e4, "kid_std": 1e-4, "n_fake": 8,
-                "n_real": 8, "timing": {"features_s": 0.5}}))
+                "n_real": 8, "timing": {"features_s": 0.5}, "fid_ci": [FID[method, seed] - 1, FID[method, seed] + 1],
+                "job": {"started_at": JOB_START + 60, "finished_at": JOB_START + 90, "wall_time_s": 30.0}}))
             (evaluation / "samples.json").write_text(json.dumps({
-                "sampler": sampler, "steps": 10, "nfe": 10, "wall_time_s": 0.25, "fraction_clamped": 0.01}))
+                "sampler": sampler, "steps": 10, "nfe": 10, "wall_time_s": 0.25, "fraction_clamped": 0.01,
+                "prior": "lognormal", "job": {"started_at": JOB_START, "finished_at": JOB_START + 20,
+                                              "wall_time_s": 20.0}}))
             np.savez(evaluation / "samples.npz", images=np.zeros((8, 1, 28, 28), np.uint8), seeds=np.arange(8))
     return results
 
@@ -74,10 +79,49 @@ def test_concurrent_jobs_never_lose_a_record(tmp_path):
     assert parent.data.tags["kind"] == "training" and parent.data.params["train.steps"] == "4"
 
 
+def test_evaluation_runs_show_scores_intervals_nfe_and_labels_with_their_jobs_times(tmp_path):
+    results = fake_results(tmp_path, seeds=(0,))
+    sync(results)
+    evaluation = next(r for r in mirrored(results) if r.data.tags["kind"] == "evaluation"
+                      and r.data.tags["method"] == "gbm")
+    assert evaluation.data.metrics["fid"] == 30.0 and evaluation.data.metrics["nfe"] == 10
+    assert (evaluation.data.metrics["fid_ci.low"], evaluation.data.metrics["fid_ci.high"]) == (29.0, 31.0)
+    assert {k: evaluation.data.params[k] for k in ("method", "sampler", "prior", "seed", "steps")} == {
+        "method": "gbm", "sampler": "dale-langevin", "prior": "lognormal", "seed": "0", "steps": "10"}
+    assert (evaluation.info.start_time, evaluation.info.end_time) == (JOB_START * 1000, (JOB_START + 90) * 1000)
+    assert evaluation.data.metrics["sample.job_wall_time_s"] == 20.0
+    assert evaluation.data.metrics["score.job_wall_time_s"] == 30.0
+    from mlflow.tracking import MlflowClient
+
+    experiment = MlflowClient(f"sqlite:///{results / 'mlflow.db'}").get_experiment(evaluation.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+@pytest.mark.slow
+def test_artifacts_stay_readable_after_moving_results_to_another_folder(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from mlflow_serving import mlflow_server
+
+    results = fake_results(tmp_path / "before", seeds=(0,))
+    sync(results)
+    moved = tmp_path / "elsewhere" / "results"
+    moved.parent.mkdir()
+    shutil.move(results, moved)
+    with mlflow_server(moved) as base:
+        client = MlflowClient(base)
+        run = next(r for r in client.search_runs([client.get_experiment_by_name("test").experiment_id])
+                   if r.data.tags["kind"] == "evaluation" and r.data.tags["method"] == "vp")
+        local = client.download_artifacts(run.info.run_id, "metrics.json", str(tmp_path))
+        grid = client.download_artifacts(run.info.run_id, "sample_grid.png", str(tmp_path))
+    assert Path(local).read_bytes() == (moved / "mnist" / "vp" / "seed0" / "em" / "steps10" / "metrics.json").read_bytes()
+    assert Path(grid).read_bytes().startswith(b"\x89PNG")
+
+
 def test_sync_is_idempotent_and_follows_changed_and_vanished_files(tmp_path):
     results = fake_results(tmp_path, seeds=(0, 1))
     assert sync(results)["created"] == 8
-    assert sync(results) == {"created": 0, "unchanged": 8, "deleted": 0, "failed": []}
+    assert sync(results) == {"created": 0, "adopted": 0, "unchanged": 8, "deleted": 0, "failed": []}
     metrics = results / "mnist" / "vp" / "seed1" / "em" / "steps10" / "metrics.json"
     metrics.write_text(json.dumps({"fid": 99.0, "kid_mean": 0.01, "kid_std": 0.0}))
     for path in (results / "mnist" / "gbm" / "seed1").rglob("*"):

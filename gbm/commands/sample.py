@@ -104,12 +104,14 @@ def run(args) -> int:
 
     from gbm import pixels
     from gbm.guidance import guided_from_options, options_from_pairs
+    from gbm.pipeline.live_tracking import job_record, process_start_time
     from gbm.models import state_shape
     from gbm.data.atomic import write_stream_atomic
     from gbm.runs import git_revision, load_model, resolve_device, write_json
     from gbm.sampling import SamplerDiverged, sample, sampler_names, validate_request
     from gbm.seeding import PerSampleGenerator
 
+    started_at = process_start_time()
     _check_args(args)
     if args.sampler not in sampler_names():
         raise ValueError(f"--sampler: unknown sampler {args.sampler!r}; choose one of {sampler_names()}")
@@ -199,7 +201,7 @@ def run(args) -> int:
               "meta": np.array(json.dumps(meta, default=str))}
     out = Path(args.out)
     write_stream_atomic(out, lambda handle: np.savez(handle, **arrays))
-    write_json(out.with_suffix(".json"), meta)
+    write_json(out.with_suffix(".json"), meta | {"job": job_record(started_at)})
     if nonfinite:
         print(f"gbm sample: warning: {nonfinite} of {args.n} images are non-finite (--allow-nonfinite); "
               f"recorded as nonfinite = {stats['nonfinite']:.4g}", file=sys.stderr)

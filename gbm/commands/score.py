@@ -54,7 +54,10 @@ def metric_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    emit(score(args.real, args.fake, n=args.n, real_split=args.real_split, allow_nonfinite=args.allow_nonfinite,
-               real_features=args.real_features, save_fake_features=args.save_features, **metric_options(args)),
-         args.out)
+    from gbm.pipeline.live_tracking import job_record, process_start_time
+
+    started_at = process_start_time()
+    result = score(args.real, args.fake, n=args.n, real_split=args.real_split, allow_nonfinite=args.allow_nonfinite,
+                   real_features=args.real_features, save_fake_features=args.save_features, **metric_options(args))
+    emit(result | {"job": job_record(started_at)}, args.out)
     return 0

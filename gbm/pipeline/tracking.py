@@ -2,14 +2,18 @@
 
 Layout read (written by ``gbm train``, ``gbm sample`` and ``gbm score`` through the pipeline)::
 
-    results/{dataset}/{method}/seed{seed}/run/                  training run directory
+    results/{dataset}/{method}/seed{seed}/run/                  training run directory (mlflow_run.json: its live run)
     results/{dataset}/{method}/seed{seed}/{sampler}/steps{K}/   samples.json, metrics.json, samples.npz
 
-Each training run becomes one MLflow run (tags ``kind=training``; params from its resolved config; the
-loss curve; artifacts), and each evaluated sampler a child run (tags ``kind=evaluation``, ``sampler``,
-``steps``, ``row``; FID, KID, NFE, wall times; ``metrics.json`` and a sample grid). Every record carries
-``gbm.key`` (which files it mirrors) and ``gbm.digest`` (their content hash): syncing again skips
-unchanged records and replaces changed ones, so ``sync`` is idempotent and rebuilds a lost store.
+Each training run is one MLflow run (tags ``kind=training``; params from its resolved config; the loss
+curve; artifacts): the run ``gbm train`` logged live (``gbm.pipeline.live_tracking``) is adopted and
+completed, or, when the store does not hold it, created with the job's recorded start and end. Each
+evaluated sampler is a child run (tags ``kind=evaluation``, ``sampler``, ``steps``, ``row``; FID, KID and
+any intervals, NFE, wall times; ``metrics.json`` and a sample grid) spanning its sampling and scoring
+jobs. Every record carries ``gbm.key`` (which files it mirrors) and ``gbm.digest`` (their content hash):
+syncing again skips unchanged records and replaces changed ones, so ``sync`` is idempotent and rebuilds a
+lost store. The experiment is tagged as model training, holds the ``training`` and ``evaluations`` views
+(``view_url``), and stores artifacts at a location relative to ``mlflow server --artifacts-destination``.
 
 Parallel jobs: writers take an exclusive ``fcntl`` lock next to the store and retry when SQLite reports
 a lock (e.g. while ``mlflow ui`` reads). No MLflow failure propagates: it is reported and skipped.
@@ -22,6 +26,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,11 +38,49 @@ from typing import Iterator
 
 import yaml
 
+from gbm.data.atomic import write_bytes_atomic
 from gbm.pipeline.config import RESOLVED_CONFIG_NAME
 
 STORE_NAME = "mlflow.db"
 ARTIFACTS_NAME = "mlartifacts"
 MAX_CURVE_POINTS = 2000
+LIVE_RUN_FILE = "mlflow_run.json"  # in a run directory: the live run `gbm train` logged (gbm.pipeline.live_tracking)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens a custom_model_development experiment on
+MODEL_TRAINING_KIND = "custom_model_development"  # its training-runs table, not the GenAI overview
+ARTIFACTS_SCHEME = "mlflow-artifacts:/"  # resolved by `mlflow server --artifacts-destination`, not stored absolute
+VIEW_TAG = "mlflow.sharedViewState."  # MLflow's UI opens the view in tag VIEW_TAG + NAME at ?viewStateShareKey=NAME
+TRAINING_VIEW = {
+    "selectedColumns": ["tags.`dataset`", "tags.`method`", "tags.`seed`", "metrics.`train_loss`",
+                        "metrics.`learning_rate`", "metrics.`images_per_s`", "metrics.`job_wall_time_s`"],
+    "searchFilter": "tags.kind = 'training'", "orderByKey": "attributes.start_time", "orderByAsc": False,
+}
+EVALUATION_PARAMS = ("dataset", "method", "sampler", "steps", "prior", "seed")
+
+
+def view_url(server: str, experiment_id: str, view: str = "evaluations") -> str:
+    """The MLflow UI address of an experiment's runs table in one of our views (``evaluations``, ``training``).
+
+    MLflow 3.17's UI picks GenAI or model-training pages from ``workflowType`` (URL, else the browser's last
+    choice, GenAI by default), not from the experiment's kind tag, so the address names it.
+    """
+    return (f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+            f"&viewStateShareKey={view}")
+
+
+def evaluation_view(metric_keys, param_keys, previous: dict | None = None) -> dict:
+    """The evaluations view: FID, KID and their intervals, NFE, then dataset, method, sampler, steps, prior
+    and seed as columns (those any evaluation run has, plus the view's previous columns), best FID first."""
+    def rank(key: str) -> tuple:
+        return (0 if key.startswith("fid") else 1 if key.startswith("kid") else 2, key)
+
+    metrics = sorted((k for k in metric_keys if k.startswith(("fid", "kid")) or k == "nfe"), key=rank)
+    params = [k for k in EVALUATION_PARAMS if k in set(param_keys)]
+    columns = [f"metrics.`{k}`" for k in metrics] + [f"params.`{k}`" for k in params]
+    for column in (previous or {}).get("selectedColumns", []):
+        if column not in columns:
+            columns.append(column)
+    return {"selectedColumns": columns, "searchFilter": "tags.kind = 'evaluation'",
+            "orderByKey": "metrics.`fid`", "orderByAsc": True}
 
 
 def tracking_uri(results_dir: str | Path) -> str:
@@ -47,9 +90,45 @@ def tracking_uri(results_dir: str | Path) -> str:
     return f"sqlite:///{Path(results_dir).resolve() / STORE_NAME}"
 
 
+def open_experiment(client, uri: str, name: str) -> str:
+    """The id of experiment ``name`` (created if absent), marked as model training for MLflow 3's UI.
+
+    In a SQLite store the experiment's artifact location is ``mlflow-artifacts:/NAME``: relative to the
+    server's ``--artifacts-destination`` (``results/mlartifacts``), so moving ``results/`` keeps every
+    artifact readable. A tracking server chooses the location itself.
+    """
+    found = _retry(lambda: client.get_experiment_by_name(name))
+    if found is None:
+        location = f"{ARTIFACTS_SCHEME}{re.sub(r'[^A-Za-z0-9._-]', '_', name)}" if sqlite_store(uri) else None
+        try:
+            experiment_id = _retry(lambda: client.create_experiment(name, artifact_location=location))
+        except Exception:  # noqa: BLE001 - another job created it first (a server takes no lock of ours)
+            found = client.get_experiment_by_name(name)
+            if found is None:
+                raise
+    if found is not None:
+        experiment_id = found.experiment_id
+    wanted = {EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND, f"{VIEW_TAG}training": json.dumps(TRAINING_VIEW)}
+    for key, value in wanted.items():
+        if found is None or found.tags.get(key) != value:
+            _retry(lambda: client.set_experiment_tag(experiment_id, key, value))
+    return experiment_id
+
+
+def log_artifact(client, uri: str, run, path: Path) -> None:
+    """Store ``path`` among ``run``'s artifacts: copied into ``mlartifacts/`` next to a SQLite store, else
+    through MLflow (a server, or a store whose experiment predates relocatable locations)."""
+    store = sqlite_store(uri)
+    if store is not None and run.info.artifact_uri.startswith(ARTIFACTS_SCHEME):
+        target = store.parent / ARTIFACTS_NAME / run.info.artifact_uri.removeprefix(ARTIFACTS_SCHEME) / path.name
+        write_bytes_atomic(target, Path(path).read_bytes())
+    else:
+        client.log_artifact(run.info.run_id, str(path))
+
+
 @dataclass
 class Record:
-    """One MLflow run to mirror: identity, tags, params, metrics, a metric curve and artifact files."""
+    """One MLflow run to mirror: identity, tags, params, metrics, a metric curve, artifact files and times."""
 
     key: str
     name: str
@@ -61,6 +140,9 @@ class Record:
     artifacts: list[Path] = field(default_factory=list)
     sources: list[Path] = field(default_factory=list)
     children: list["Record"] = field(default_factory=list)
+    start_ms: int | None = None
+    end_ms: int | None = None
+    linked_run: str | None = None  # the run `gbm train` logged live, adopted rather than duplicated
 
     def digest(self, salt: str = "") -> str:
         h = hashlib.sha256(salt.encode())
@@ -74,12 +156,13 @@ class Record:
 @dataclass
 class SyncSummary:
     created: int = 0
+    adopted: int = 0
     unchanged: int = 0
     deleted: int = 0
     failed: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
-        return {"created": self.created, "unchanged": self.unchanged, "deleted": self.deleted,
+        return {"created": self.created, "adopted": self.adopted, "unchanged": self.unchanged, "deleted": self.deleted,
                 "failed": self.failed}
 
 
@@ -87,6 +170,8 @@ def _flatten(prefix: str, value, out: dict) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
             _flatten(f"{prefix}.{key}" if prefix else str(key), item, out)
+    elif re.search(r"(^|[._])(ci|interval)$", prefix) and isinstance(value, (list, tuple)) and len(value) == 2:
+        out[f"{prefix}.low"], out[f"{prefix}.high"] = value  # an interval, e.g. fid_ci: [low, high]
     else:
         out[prefix] = value
 
@@ -112,13 +197,17 @@ def _git_revision(run_dir: Path) -> str:
         return "unknown"
 
 
-def _loss_curve(path: Path) -> list[tuple[int, float]]:
+def _loss_curve(path: Path, max_points: int | None = MAX_CURVE_POINTS) -> list[tuple[int, float]]:
     if not path.is_file():
         return []
     with path.open() as f:
         rows = [(int(float(r["step"])), float(r["loss"])) for r in csv.DictReader(f) if r.get("loss")]
-    stride = max(1, len(rows) // MAX_CURVE_POINTS)
+    stride = max(1, len(rows) // max_points) if max_points else 1
     return rows[::stride]
+
+
+def _ms(seconds) -> int | None:
+    return int(seconds * 1000) if isinstance(seconds, (int, float)) else None
 
 
 def training_record(seed_dir: Path, config_name: str) -> Record:
@@ -135,12 +224,14 @@ def training_record(seed_dir: Path, config_name: str) -> Record:
     params = {k: str(v)[:500] for k, v in params.items()}
     flat: dict = {}
     _flatten("", _read_json(run_dir / "train_metrics.json"), flat)
+    live = _read_json(run_dir / LIVE_RUN_FILE)
     files = [run_dir / name for name in ("config.yaml", "environment.json", "train_metrics.json", "loss.csv")]
     files.append(seed_dir.parents[2] / RESOLVED_CONFIG_NAME)  # the pipeline run's whole configuration
     record = Record(
         key=f"{dataset}/{method}/seed{seed}", name=f"{dataset}/{method}/seed{seed}", tags=tags, params=params,
         metrics={f"train.{k}": v for k, v in _numeric(flat).items()}, curve=_loss_curve(run_dir / "loss.csv"),
-        artifacts=[p for p in files if p.is_file()], sources=files,
+        artifacts=[p for p in files if p.is_file()], sources=files, start_ms=_ms(live.get("started_at")),
+        end_ms=_ms(live.get("ended_at")), linked_run=live.get("run_id"),
     )
     for metrics_path in sorted(seed_dir.glob("*/steps*/metrics.json")):
         record.children.append(evaluation_record(metrics_path.parent, record, config_name))
@@ -148,22 +239,35 @@ def training_record(seed_dir: Path, config_name: str) -> Record:
 
 
 def evaluation_record(eval_dir: Path, parent: Record, config_name: str) -> Record:
-    """The record of one evaluated sampler, ``.../{sampler}/steps{K}/``."""
+    """The record of one evaluated sampler, ``.../{sampler}/steps{K}/``: from the start of its sampling job
+    to the end of its scoring job, FID/KID (and whatever intervals ``metrics.json`` holds) as metrics,
+    and dataset, method, sampler, prior, steps and seed as params (columns of the runs table)."""
     sampler, steps = eval_dir.parent.name, eval_dir.name.removeprefix("steps")
     tags = dict(parent.tags, kind="evaluation", sampler=sampler, steps=steps,
                 row=f"{parent.tags['dataset']}|{parent.tags['method']}|{sampler}|{steps}")
+    scores, stats = _read_json(eval_dir / "metrics.json"), _read_json(eval_dir / "samples.json")
+    sample_job, score_job = stats.pop("job", None) or {}, scores.pop("job", None) or {}
     flat: dict = {}
-    _flatten("", _read_json(eval_dir / "metrics.json"), flat)
+    _flatten("", scores, flat)
     sample_stats: dict = {}
-    _flatten("", _read_json(eval_dir / "samples.json"), sample_stats)
+    _flatten("", stats, sample_stats)
     metrics = _numeric(flat)
     metrics.update({f"sample.{k}": v for k, v in _numeric(sample_stats).items()})
+    if "nfe" in stats:
+        metrics["nfe"] = float(stats["nfe"])
     params = {k: str(v)[:500] for k, v in sample_stats.items()
               if not isinstance(v, (int, float)) or isinstance(v, bool)}
+    params.update({k: tags[k] for k in ("dataset", "method", "sampler", "steps", "seed")})
+    if stats.get("prior") is not None:
+        params["prior"] = str(stats["prior"])[:500]
+    for name, job in (("sample", sample_job), ("score", score_job)):
+        if isinstance(job.get("wall_time_s"), (int, float)):
+            metrics[f"{name}.job_wall_time_s"] = float(job["wall_time_s"])
     files = [eval_dir / "metrics.json", eval_dir / "samples.json"]
     return Record(key=f"{parent.key}/{sampler}/steps{steps}", name=f"{parent.name}/{sampler}/steps{steps}",
                   tags=tags, params=params, metrics=metrics, artifacts=[p for p in files if p.is_file()],
-                  sources=files + [eval_dir / "samples.npz"])
+                  sources=files + [eval_dir / "samples.npz"], start_ms=_ms(sample_job.get("started_at")),
+                  end_ms=_ms(score_job.get("finished_at")))
 
 
 def discover(results_dir: Path) -> list[Path]:
@@ -173,8 +277,14 @@ def discover(results_dir: Path) -> list[Path]:
 
 @contextmanager
 def store_lock(results_dir: Path, timeout: float = 600.0) -> Iterator[None]:
-    """Exclusive lock serialising writers of one store (released on exit, even on a crash)."""
-    path = Path(results_dir) / f"{STORE_NAME}.lock"
+    """Exclusive lock serialising writers of the store ``results_dir/mlflow.db`` (released on exit, even on a crash)."""
+    with file_lock(Path(results_dir) / f"{STORE_NAME}.lock", timeout):
+        yield
+
+
+@contextmanager
+def file_lock(path: Path, timeout: float = 600.0) -> Iterator[None]:
+    """Exclusive ``fcntl`` lock on ``path`` (created if absent), waiting at most ``timeout`` seconds."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     deadline = time.monotonic() + timeout
@@ -190,6 +300,22 @@ def store_lock(results_dir: Path, timeout: float = 600.0) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def sqlite_store(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` tracking URI, else None (a tracking server serialises itself)."""
+    return Path(uri.removeprefix("sqlite:///")) if uri.startswith("sqlite:///") else None
+
+
+@contextmanager
+def uri_lock(uri: str, timeout: float = 600.0) -> Iterator[None]:
+    """The writers' lock of a SQLite store (the one ``store_lock`` takes); no lock for a server."""
+    store = sqlite_store(uri)
+    if store is None:
+        yield
+        return
+    with file_lock(store.with_name(f"{store.name}.lock"), timeout):
+        yield
 
 
 def _retry(action, attempts: int = 8, first_wait: float = 0.25):
@@ -222,19 +348,15 @@ def _sample_grid_png(samples_npz: Path, out: Path, count: int = 64) -> bool:
 
 
 class Mirror:
-    """Writes records into one MLflow experiment, skipping those already mirrored unchanged."""
+    """Writes records into one MLflow experiment: adopts the runs ``gbm train`` logged live, skips those
+    already mirrored unchanged, creates the rest with the times the jobs recorded."""
 
-    def __init__(self, uri: str, experiment: str, artifact_root: Path):
+    def __init__(self, uri: str, experiment: str):
         from mlflow.tracking import MlflowClient
 
+        self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
-        found = _retry(lambda: self.client.get_experiment_by_name(experiment))
-        if found is None:
-            artifact_root.mkdir(parents=True, exist_ok=True)
-            self.experiment_id = _retry(lambda: self.client.create_experiment(
-                experiment, artifact_location=artifact_root.resolve().as_uri()))
-        else:
-            self.experiment_id = found.experiment_id
+        self.experiment_id = open_experiment(self.client, uri, experiment)
 
     def active_runs(self, key_prefix: str | None = None) -> list:
         query = f"tags.`gbm.key` LIKE '{key_prefix}%'" if key_prefix else ""
@@ -247,42 +369,91 @@ class Mirror:
             if not token:
                 return runs
 
+    def set_evaluation_view(self, metric_keys: set, param_keys: set) -> None:
+        experiment = _retry(lambda: self.client.get_experiment(self.experiment_id))
+        previous = json.loads(experiment.tags.get(f"{VIEW_TAG}evaluations", "{}"))
+        view = json.dumps(evaluation_view(metric_keys, param_keys, previous))
+        if experiment.tags.get(f"{VIEW_TAG}evaluations") != view:
+            _retry(lambda: self.client.set_experiment_tag(self.experiment_id, f"{VIEW_TAG}evaluations", view))
+
+    def live_run(self, record: Record):
+        """The run ``gbm train`` logged for this record, when it is in this store and experiment."""
+        if record.linked_run is None:
+            return None
+        try:
+            run = _retry(lambda: self.client.get_run(record.linked_run))
+        except Exception:  # noqa: BLE001 - not in this store (e.g. a store rebuilt from results/)
+            return None
+        if run.info.experiment_id != self.experiment_id or run.info.lifecycle_stage != "active":
+            return None
+        return run
+
+    def _log(self, run_id: str, params: dict, metrics: list) -> None:
+        from mlflow.entities import Param
+
+        params = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(params), 100):  # MLflow's log_batch limits: 100 params, 1000 metrics
+            _retry(lambda: self.client.log_batch(run_id, params=params[i:i + 100]))
+        for i in range(0, len(metrics), 1000):
+            _retry(lambda: self.client.log_batch(run_id, metrics=metrics[i:i + 1000]))
+
+    def _artifacts(self, run, record: Record) -> None:
+        for path in record.artifacts:
+            log_artifact(self.client, self.uri, run, path)
+        grid = next((p for p in record.sources if p.name == "samples.npz"), None)
+        if grid is not None:
+            with tempfile.TemporaryDirectory() as tmp:
+                png = Path(tmp) / "sample_grid.png"
+                if _sample_grid_png(grid, png):
+                    log_artifact(self.client, self.uri, run, png)
+
+    def adopt(self, run, record: Record, tags: dict) -> None:
+        """Complete a live training run with what only the finished files hold; fill curve gaps from loss.csv."""
+        from mlflow.entities import Metric, RunTag
+
+        run_id, end = run.info.run_id, record.end_ms or int(time.time() * 1000)
+        _retry(lambda: self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
+        logged = {m.step for m in _retry(lambda: self.client.get_metric_history(run_id, record.curve_name))}
+        loss_csv = next((p for p in record.sources if p.name == "loss.csv"), None)
+        missing = [(s, v) for s, v in _loss_curve(loss_csv, max_points=None) if s not in logged] if loss_csv else []
+        metrics = [Metric(k, v, end, 0) for k, v in record.metrics.items()]
+        metrics += [Metric(record.curve_name, v, end, s) for s, v in missing]
+        self._log(run_id, {k: v for k, v in record.params.items() if k not in run.data.params}, metrics)
+        self._artifacts(run, record)
+        if run.info.status == "RUNNING":  # its job ended without closing it, yet its files are complete
+            _retry(lambda: self.client.set_terminated(run_id, "FINISHED", end_time=end))
+
     def write(self, record: Record, existing: dict, summary: SyncSummary, parent_id: str | None = None) -> str:
-        from mlflow.entities import Metric, Param
+        from mlflow.entities import Metric
 
         digest = record.digest(salt=parent_id or "")
         old = existing.get(record.key, [])
-        keep = [r for r in old if r.data.tags.get("gbm.digest") == digest]
+        live = self.live_run(record)
+        keep = [live] if live is not None else [r for r in old if r.data.tags.get("gbm.digest") == digest][:1]
         for run in old:
             if not keep or run.info.run_id != keep[0].info.run_id:
                 _retry(lambda: self.client.delete_run(run.info.run_id))
                 summary.deleted += 1
-        if keep:
+        tags = dict(record.tags, **{"gbm.key": record.key, "gbm.digest": digest})
+        if parent_id:
+            tags["mlflow.parentRunId"] = parent_id
+        if keep and keep[0].data.tags.get("gbm.digest") == digest:
             summary.unchanged += 1
             run_id = keep[0].info.run_id
+        elif live is not None:
+            self.adopt(live, record, tags)
+            summary.adopted += 1
+            run_id = live.info.run_id
         else:
-            tags = dict(record.tags, **{"gbm.key": record.key, "gbm.digest": digest})
-            if parent_id:
-                tags["mlflow.parentRunId"] = parent_id
-            run = _retry(lambda: self.client.create_run(self.experiment_id, run_name=record.name, tags=tags))
-            run_id = run.info.run_id
             now = int(time.time() * 1000)
-            metrics = [Metric(k, v, now, 0) for k, v in record.metrics.items()]
-            metrics += [Metric(record.curve_name, loss, now, step) for step, loss in record.curve]
-            params = [Param(k, v) for k, v in record.params.items()]
-            for i in range(0, len(params), 100):  # MLflow's log_batch limits: 100 params, 1000 metrics
-                _retry(lambda: self.client.log_batch(run_id, params=params[i:i + 100]))
-            for i in range(0, len(metrics), 1000):
-                _retry(lambda: self.client.log_batch(run_id, metrics=metrics[i:i + 1000]))
-            for path in record.artifacts:
-                self.client.log_artifact(run_id, str(path))
-            grid = next((p for p in record.sources if p.name == "samples.npz"), None)
-            if grid is not None:
-                with tempfile.TemporaryDirectory() as tmp:
-                    png = Path(tmp) / "sample_grid.png"
-                    if _sample_grid_png(grid, png):
-                        self.client.log_artifact(run_id, str(png))
-            _retry(lambda: self.client.set_terminated(run_id, "FINISHED"))
+            run = _retry(lambda: self.client.create_run(self.experiment_id, start_time=record.start_ms or now,
+                                                        run_name=record.name, tags=tags))
+            run_id, end = run.info.run_id, record.end_ms or now
+            metrics = [Metric(k, v, end, 0) for k, v in record.metrics.items()]
+            metrics += [Metric(record.curve_name, loss, end, step) for step, loss in record.curve]
+            self._log(run_id, record.params, metrics)
+            self._artifacts(run, record)
+            _retry(lambda: self.client.set_terminated(run_id, "FINISHED", end_time=end))
             summary.created += 1
         for child in record.children:
             self.write(child, existing, summary, parent_id=run_id)
@@ -302,7 +473,7 @@ def sync(results_dir: str | Path, experiment: str, seed_dirs: list[Path] | None 
     seed_dirs = discover(results_dir) if full else [Path(p) for p in seed_dirs]
     try:
         with store_lock(results_dir, lock_timeout):
-            mirror = Mirror(uri or tracking_uri(results_dir), experiment, results_dir / ARTIFACTS_NAME)
+            mirror = Mirror(uri or tracking_uri(results_dir), experiment)
             records = [training_record(p, experiment) for p in seed_dirs]
             existing: dict[str, list] = {}
             for run in mirror.active_runs():
@@ -312,6 +483,10 @@ def sync(results_dir: str | Path, experiment: str, seed_dirs: list[Path] | None 
                     mirror.write(record, existing, summary)
                 except Exception as error:  # noqa: BLE001 - MLflow never fails a job
                     summary.failed.append(f"{record.key}: {type(error).__name__}: {error}")
+            evaluations = [c for r in records for c in r.children]
+            if evaluations:
+                mirror.set_evaluation_view({k for c in evaluations for k in c.metrics},
+                                           {k for c in evaluations for k in c.params})
             if full:
                 wanted = {r.key for r in records} | {c.key for r in records for c in r.children}
                 for key, runs in existing.items():

@@ -74,6 +74,10 @@ TRAJECTORY_ENTRY = next((m for m in METHODS if _shows_trajectories(m)), None)
 # declared threads and hold one GPU for their command through `python -m gbm.pipeline.devices --` (a lock
 # file per device; CPU when there is none).
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+# `gbm train` logs live to the MLflow store the `track` jobs mirror into (environment, not params: moving
+# results/ must not rerun training).
+os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{Path('results').resolve() / 'mlflow.db'}")
+os.environ.setdefault("MLFLOW_EXPERIMENT_NAME", config["name"])
 
 
 wildcard_constraints:

@@ -1,4 +1,5 @@
-# MLflow: mirror each finished training run and its evaluations into the store (results/mlflow.db).
+# MLflow: mirror each finished training run (adopting the run `gbm train` logged live) and its evaluations
+# into the store (results/mlflow.db).
 # Never fails the pipeline (errors are logged; `gbm mlflow-sync` rebuilds the store from results/).
 
 

@@ -1,0 +1,200 @@
+"""Live MLflow logging by ``gbm train`` (real jobs, a real SQLite store): the run is RUNNING with loss points
+while the job trains, FINISHED with the job's wall time after, KILLED when interrupted and continued by the
+resumed job without duplicated or lost points; eight jobs at once lose nothing; the mirror adopts it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from gbm.data import RawDataset, save_prepared
+
+GBM = str(Path(sys.executable).parent / "gbm")
+
+
+@pytest.fixture(scope="module")
+def train_config(tmp_path_factory) -> Path:
+    """A tiny GBM training config on synthetic 8x8 images."""
+    root = tmp_path_factory.mktemp("config")
+    rng = np.random.default_rng(0)
+    images = lambda n: rng.integers(0, 256, (n, 1, 8, 8), dtype=np.uint8)  # noqa: E731
+    labels = lambda n: rng.integers(0, 10, n).astype(np.int64)  # noqa: E731
+    data = save_prepared(RawDataset(images(32), labels(32), images(8), labels(8), source="synthetic"),
+                         "synthetic", root / "data.npz")
+    path = root / "train.yaml"
+    path.write_text(yaml.safe_dump({
+        "data": {"path": str(data)}, "sde": {"name": "gbm"}, "model": {"size": "tiny"},
+        "train": {"steps": 40, "batch_size": 8, "checkpoint_every": 20, "log_every": 5}}))
+    return path
+
+
+def store(results: Path) -> str:
+    return f"sqlite:///{results / 'mlflow.db'}"
+
+
+def start_training(config: Path, results: Path, *overrides: str, seed: int = 0) -> subprocess.Popen:
+    env = dict(os.environ, MLFLOW_TRACKING_URI=store(results), MLFLOW_EXPERIMENT_NAME="live", OMP_NUM_THREADS="1")
+    run_dir = results / "mnist" / "gbm" / f"seed{seed}" / "run"
+    command = [GBM, "train", str(config), "--out", str(run_dir), "--device", "cpu", "--no-progress",
+               "--set", f"seed={seed}", *[f"--set={o}" for o in overrides]]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def client(results: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(store(results))
+
+
+def live_run_id(results: Path, seed: int = 0) -> str | None:
+    link = results / "mnist" / "gbm" / f"seed{seed}" / "run" / "mlflow_run.json"
+    return json.loads(link.read_text())["run_id"] if link.is_file() else None
+
+
+def loss_csv(results: Path, seed: int = 0) -> list[tuple[int, float]]:
+    with open(results / "mnist" / "gbm" / f"seed{seed}" / "run" / "loss.csv") as handle:
+        return [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(handle)]
+
+
+def wait_for(condition, job: subprocess.Popen, what: str, timeout: float = 240.0):
+    deadline = time.time() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert job.poll() is None, f"the job ended before {what}: {job.stderr.read()[-2000:]}"
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def loss_points_while_running(results: Path, job: subprocess.Popen, at_least: int = 1):
+    """(run, history) as soon as the job's run is RUNNING with ``at_least`` loss points."""
+    def seen():
+        run_id = live_run_id(results)
+        if run_id is None:
+            return None
+        try:
+            run = client(results).get_run(run_id)
+            history = client(results).get_metric_history(run_id, "train_loss")
+        except Exception:  # noqa: BLE001 - the store is being created by the job
+            return None
+        return (run, history) if run.info.status == "RUNNING" and len(history) >= at_least else None
+    return wait_for(seen, job, "loss points of a RUNNING run")
+
+
+@pytest.mark.slow
+def test_training_run_is_running_with_loss_points_then_finished_with_the_job_wall_time(train_config, tmp_path):
+    results = tmp_path / "results"
+    launched = time.time()
+    job = start_training(train_config, results, "train.steps=400")
+    run, history = loss_points_while_running(results, job)
+    assert job.poll() is None  # seen while the job was still training
+    assert run.info.start_time / 1000 == pytest.approx(launched, abs=1.0)
+    _, stderr = job.communicate(timeout=600)
+    ended = time.time()
+    assert job.returncode == 0, stderr[-2000:]
+    assert "MLflow logging stopped" not in stderr, stderr[-2000:]
+
+    run = client(results).get_run(run.info.run_id)
+    assert run.info.status == "FINISHED"
+    assert (run.info.end_time - run.info.start_time) / 1000 == pytest.approx(ended - launched, abs=1.0)
+    assert run.data.metrics["job_wall_time_s"] == pytest.approx(ended - launched, abs=1.0)
+    curve = [(m.step, m.value) for m in client(results).get_metric_history(run.info.run_id, "train_loss")]
+    assert sorted(curve) == loss_csv(results)
+    assert {"learning_rate", "images_per_s"} <= set(run.data.metrics)
+    assert run.data.params["train.steps"] == "400" and run.data.tags["gbm.key"] == "mnist/gbm/seed0"
+    experiment = client(results).get_experiment(run.info.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+@pytest.mark.slow
+def test_killed_training_run_is_marked_killed_and_the_resumed_job_continues_it_without_duplicates(
+        train_config, tmp_path):
+    results = tmp_path / "results"
+    steps = 600
+    job = start_training(train_config, results, f"train.steps={steps}", "train.checkpoint_every=100")
+    run_dir = results / "mnist" / "gbm" / "seed0" / "run"
+    wait_for(lambda: list((run_dir / "checkpoints").glob("*.pt")), job, "a checkpoint")
+    run, _ = loss_points_while_running(results, job, at_least=110)  # points beyond the checkpoint
+    job.send_signal(signal.SIGTERM)
+    job.communicate(timeout=300)
+    killed = client(results).get_run(run.info.run_id)
+    assert killed.info.status == "KILLED"
+    logged_before = {m.step for m in client(results).get_metric_history(run.info.run_id, "train_loss")}
+    checkpoint = max(int(p.stem.split("_")[-1]) for p in (run_dir / "checkpoints").glob("*.pt"))
+    assert max(logged_before) > checkpoint  # the resumed job recomputes steps the store already holds
+
+    resumed = start_training(train_config, results, f"train.steps={steps}", "train.checkpoint_every=100")
+    _, stderr = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, stderr[-2000:]
+    assert live_run_id(results) == run.info.run_id
+    final = client(results).get_run(run.info.run_id)
+    assert final.info.status == "FINISHED"
+    history = [(m.step, m.value) for m in client(results).get_metric_history(run.info.run_id, "train_loss")]
+    assert sorted(s for s, _ in history) == list(range(1, steps + 1))  # each step once: none lost, none twice
+    assert sorted(history) == loss_csv(results)
+    sessions = json.loads((run_dir / "mlflow_run.json").read_text())["sessions"]
+    assert [s["status"] for s in sessions] == ["KILLED", "FINISHED"]
+
+
+@pytest.mark.slow
+def test_eight_jobs_logging_at_once_lose_no_record_and_fail_no_job(train_config, tmp_path):
+    results = tmp_path / "results"
+    jobs = [start_training(train_config, results, seed=seed) for seed in range(8)]
+    outputs = [job.communicate(timeout=900) for job in jobs]
+    assert [job.returncode for job in jobs] == [0] * 8, [err[-1000:] for _, err in outputs]
+    assert not [line for _, err in outputs for line in err.splitlines() if "MLflow logging stopped" in line]
+    for seed in range(8):
+        run = client(results).get_run(live_run_id(results, seed))
+        assert run.info.status == "FINISHED" and run.data.tags["seed"] == str(seed)
+        curve = [(m.step, m.value) for m in client(results).get_metric_history(run.info.run_id, "train_loss")]
+        assert sorted(curve) == loss_csv(results, seed) and len(curve) == 40
+    assert len(client(results).search_runs([run.info.experiment_id])) == 8
+
+
+def test_an_unusable_store_is_reported_and_training_finishes(train_config, tmp_path):
+    results = tmp_path / "results"
+    results.mkdir()
+    (results / "mlflow.db").write_bytes(b"not a database " * 100)
+    job = start_training(train_config, results)
+    _, stderr = job.communicate(timeout=300)
+    assert job.returncode == 0
+    assert "MLflow logging stopped, training goes on" in stderr
+    assert (results / "mnist" / "gbm" / "seed0" / "run" / "model.pt").is_file()
+
+
+def test_mirror_adopts_the_live_run_and_a_lost_store_is_rebuilt_with_its_times(train_config, tmp_path):
+    from gbm.pipeline.tracking import sync
+
+    results = tmp_path / "results"
+    job = start_training(train_config, results)
+    _, stderr = job.communicate(timeout=300)
+    assert job.returncode == 0, stderr[-2000:]
+    run_id = live_run_id(results)
+    summary = sync(results, "live", uri=store(results)).as_dict()
+    assert (summary["created"], summary["adopted"], summary["failed"]) == (0, 1, [])
+    runs = client(results).search_runs([client(results).get_run(run_id).info.experiment_id])
+    assert [r.info.run_id for r in runs] == [run_id]
+    adopted = runs[0]
+    assert adopted.data.tags["gbm.key"] == "mnist/gbm/seed0" and "train.final_loss" in adopted.data.metrics
+    assert sync(results, "live", uri=store(results)).as_dict()["unchanged"] == 1
+
+    live = client(results).get_run(run_id).info
+    copy = tmp_path / "copy" / "results"  # results/ without its store, as after losing it
+    shutil.copytree(results, copy, ignore=shutil.ignore_patterns("mlflow.db*", "mlartifacts"))
+    rebuilt_summary = sync(copy, "live", uri=store(copy)).as_dict()
+    assert (rebuilt_summary["created"], rebuilt_summary["failed"]) == (1, [])
+    rebuilt = client(copy).search_runs([client(copy).get_experiment_by_name("live").experiment_id])[0]
+    assert (rebuilt.info.start_time, rebuilt.info.end_time) == pytest.approx(
+        (live.start_time, live.end_time), abs=1)
