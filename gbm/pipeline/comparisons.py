@@ -142,7 +142,7 @@ def _display(table: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
 def write_comparisons(table: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
     """comparisons.{csv,md,tex} under ``out_dir``."""
     from gbm.data.atomic import write_text_atomic
-    from gbm.pipeline.tables import latex, markdown
+    from gbm.pipeline.table_formats import latex, markdown
 
     out_dir = Path(out_dir)
     if table.empty:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from gbm.data.atomic import write_text_atomic
+from gbm.pipeline.table_formats import latex, markdown
 
 GROUP = ["dataset", "method", "sampler", "steps"]
 GUIDANCE_MARK = "†"
@@ -210,26 +211,6 @@ def _floor_display(floor: pd.DataFrame) -> pd.DataFrame:
         "FID∞": floor["fid_inf"].map(_number),
         "KID ×10³": floor["kid"].map(lambda v: "n/a" if v is None or pd.isna(v) else f"{1e3 * v:.2f}"),
     })
-
-
-def markdown(table: pd.DataFrame, caption: str) -> str:
-    header = "| " + " | ".join(table.columns) + " |"
-    rule = "|" + "|".join("---" for _ in table.columns) + "|"
-    body = ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join([f"{caption}\n", header, rule, *body]) + "\n"
-
-
-def latex(table: pd.DataFrame, caption: str, label: str) -> str:
-    def cell(value) -> str:
-        text = str(value).replace("_", r"\_").replace("×10³", r"$\times 10^3$").replace("–", "--").replace("∞", r"$_\infty$")
-        return text
-
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{cell(caption)}}}", rf"\label{{{label}}}",
-             r"\begin{tabular}{" + "l" * 3 + "r" * (len(table.columns) - 3) + "}", r"\toprule",
-             " & ".join(cell(c) for c in table.columns) + r" \\", r"\midrule"]
-    lines += [" & ".join(cell(v) for v in row) + r" \\" for row in table.itertuples(index=False)]
-    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
-    return "\n".join(lines) + "\n"
 
 
 def write_tables(runs: pd.DataFrame, floor: pd.DataFrame, out_dir: Path, name: str,
