@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gbm.pipeline.config import evaluations, (
-    ConfigError, RESOLVED_CONFIG_NAME, check_config, load_schema, parse_overrides, resolve_config, with_defaults,
+from gbm.pipeline.config import (
+    ConfigError, RESOLVED_CONFIG_NAME, check_config, evaluations, load_schema, parse_overrides, resolve_config,
+    with_defaults,
 )
 
 REPO = Path(__file__).resolve().parents[1]
