@@ -25,7 +25,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("score", help="FID/KID/precision/recall of generated images against a reference")
     parser.add_argument("--real", required=True, help="prepared dataset FILE.npz:test, sample .npz, or image folder")
     parser.add_argument("--fake", required=True, help="sample .npz, prepared dataset FILE.npz:SPLIT, or image folder")
-    parser.add_argument("--real-split", choices=("train", "test"), default=None, help="split of a prepared --real file")
+    parser.add_argument("--real-split", default=None,
+                        help="split of a prepared --real file: train, test, validation-N (the last N training "
+                             "images) or train-minus-validation-N")
     parser.add_argument("--n", type=int, default=None, help="use the first N images of each set")
     add_metric_arguments(parser)
     parser.set_defaults(func=run)
@@ -45,5 +47,10 @@ def metric_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gbm.data.prepared import is_split_name
+
+    if args.real_split is not None and not is_split_name(args.real_split):
+        raise ValueError(f"--real-split: unknown split {args.real_split!r}; choose train, test, validation-N or "
+                         "train-minus-validation-N")
     emit(score(args.real, args.fake, n=args.n, real_split=args.real_split, **metric_options(args)), args.out)
     return 0
