@@ -285,9 +285,13 @@ def bank_from_images(images: torch.Tensor, sde: SDE, size: int, seed: int = 0) -
         raise ValueError("guidance.bank: no real images to draw the bank from")
     if size > images.shape[0]:
         raise ValueError(f"guidance.bank_size: {size} exceeds the {images.shape[0]} real images available")
-    index = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:size]
-    chosen = images[index]
+    chosen = images[bank_indices(images.shape[0], size, seed).to(images.device)]
     return method_of(sde).to_data(chosen)
+
+
+def bank_indices(n_images: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Which of ``n_images`` real images form the bank of ``size`` drawn with ``seed`` (``bank_from_images``)."""
+    return torch.randperm(n_images, generator=torch.Generator().manual_seed(seed))[:size]
 
 
 def nearest_bank_distances(samples: torch.Tensor, bank: torch.Tensor, batch_size: int = 512) -> torch.Tensor:

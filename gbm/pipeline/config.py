@@ -85,6 +85,12 @@ def check_config(config: dict) -> None:
                         f"'datasets' ({', '.join(sorted(datasets))})"
                     )
     check_training_configs(with_defaults(config))
+    from gbm.pipeline.guidance_sweep import check_sweep
+
+    try:
+        check_sweep(config)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def with_defaults(config: dict) -> dict:
