@@ -5,6 +5,7 @@ rest of the training split; the pick rule; and bad sweep config named before any
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -79,3 +80,21 @@ def test_pick_falls_back_to_unguided_when_no_weight_helps(kids, fids):
 def test_bad_sweep_config_is_refused_naming_the_key(change, key):
     with pytest.raises(ConfigError, match=key.replace("[", r"\[").replace("]", r"\]")):
         check_config(SMOKE | {"guidance_sweep": SWEEP | change})
+
+
+def test_paper_sweep_samples_each_setting_once_with_the_validation_bank(tmp_path):
+    """config/paper.yaml: 3 datasets x 2 samplers x (unguided + 6 weights x 3 bank sizes) = 114 sample and score
+    jobs; a guided one draws its bank from the training split minus the validation slice."""
+    target = "results/tables/guidance_sweep.csv"
+    out = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-n", "-p", "--directory",
+                          str(tmp_path), target, "--configfile", str(REPO / "config" / "paper.yaml")],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr + out.stdout
+    stats = (out.stdout + out.stderr).split("Job stats:")[1]
+    counts = {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", stats, re.M)}
+    assert counts["guidance_sweep_sample"] == counts["guidance_sweep_score"] == 114
+    assert counts["guidance_sweep_report"] == 1
+    commands = [line for line in out.stdout.splitlines() if "gbm sample" in line and "w0.1_bank1024" in line]
+    assert commands and all("--guidance-data results/data/" in c and ".npz:train-minus-validation-5000" in c
+                            and "--guidance weight=0.1" in c and "--guidance normalise=true" in c for c in commands)
+    assert any("--real-split validation-5000" in line for line in out.stdout.splitlines() if "gbm score" in line)
