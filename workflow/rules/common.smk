@@ -6,24 +6,33 @@ import shlex
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
 sys.path.insert(0, workflow.basedir)
 
 from gbm.pipeline.config import (  # noqa: E402
-    check_config,
+    RESOLVED_CONFIG_NAME,
     method_name,
     evaluations,
+    parse_overrides,
+    resolve_config,
     sampler_name,
     sampler_guidance,
     sampler_options,
     training_overrides,
-    with_defaults,
 )
 
-check_config(config)  # named-key messages: "config key 'methods.vp.samplers.em.steps[0]': ..."
-validate(config, "../schemas/config.schema.yaml", set_default=True)
-config.update(with_defaults(config))
+# The run's configuration: the --configfile file(s) (also those a profile names) alone, or else
+# config/config.yaml, then the --config overrides; completed only by the schema's defaults. Snakemake's own
+# merge (the CLI config files on top of a `configfile:`) is replaced. Spawned cluster jobs receive the same
+# --configfiles and --config arguments, so they resolve the same configuration.
+# Errors name the key: "config key 'methods.vp.samplers.em.steps[0]': ...".
+CONFIG_FILES = [str(path) for path in workflow.config_settings.configfiles]
+CONFIG_OVERRIDES = list(workflow.config_settings.config_args or [])
+_resolved = resolve_config(
+    CONFIG_FILES, parse_overrides(CONFIG_OVERRIDES), default=Path(workflow.basedir) / "config" / "config.yaml"
+)
+config.clear()
+config.update(_resolved)
+RESOLVED_CONFIG = f"results/{RESOLVED_CONFIG_NAME}"
 
 # Extra method modules (config key method_modules) are registered in every job through the environment.
 os.environ["GBM_METHOD_MODULES"] = os.pathsep.join(
@@ -85,6 +94,12 @@ def sample_args(wildcards):
     return " ".join(shlex.quote(a) for a in args)
 
 
+def neighbour_bank_args():
+    """``--data-limit N`` when the neighbour search is limited to the first N training images, else nothing."""
+    limit = config["evaluation"]["neighbours"]["training_images"]
+    return f"--data-limit {limit}" if limit is not None else ""
+
+
 def evaluation_dirs(dataset=None, method=None, seed=None):
     return [
         e.directory
@@ -124,6 +139,7 @@ RUN_DIRS = [f"results/{d}/{m}/seed{s}/run" for d in DATASETS for m in METHODS fo
 
 def all_targets():
     targets = [
+        RESOLVED_CONFIG,
         "results/tables/benchmark.csv",
         "results/tables/floor.csv",
         "results/figures/fid_kid_vs_nfe.png",

@@ -62,7 +62,7 @@ rule neighbours:
         "results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/neighbours.npz",
     params:
         queries=config["evaluation"]["neighbours"]["queries"],
-        bank=config["evaluation"]["neighbours"]["training_images"],
+        bank=neighbour_bank_args(),
         k=config["evaluation"]["neighbours"]["k"],
     log:
         "results/logs/neighbours/{dataset}_{method}_seed{seed}_{sampler}_steps{steps}.log",
@@ -76,4 +76,4 @@ rule neighbours:
     shell:
         "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
         "python -m gbm.pipeline.devices -- gbm neighbours --data {input.data} --samples {input.samples} "
-        "--n {params.queries} --data-limit {params.bank} --k {params.k} --out {output} > {log} 2>&1"
+        "--n {params.queries} {params.bank} --k {params.k} --out {output} > {log} 2>&1"
