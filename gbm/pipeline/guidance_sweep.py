@@ -23,6 +23,7 @@ SWEEP_ROOT = "results/guidance_sweep"
 DEFAULTS = {"seed": 0, "validation": 1000, "n_samples": 200, "steps": 100, "batch_bank": None,
             "guidance": {"schedule": "clean", "kernel": "polyharmonic", "repel": False}}
 MEMORISATION_FLOOR = 0.9  # a picked setting keeps its samples' nearest-bank distance >= 0.9 x unguided's
+RELATIVE_MARGIN = 0.05  # and beats the unguided KID by at least 5 % (the KID subset std vanishes when N <= subset size)
 
 
 @dataclass(frozen=True)
@@ -172,8 +173,9 @@ def pick_settings(rows: pd.DataFrame) -> pd.DataFrame:
 
     The rule: among guided settings whose samples stay at least ``MEMORISATION_FLOOR`` x the unguided
     nearest-bank distance, the lowest validation KID; it is picked only if it beats the unguided KID by more
-    than twice the larger KID subset std AND lowers FID, otherwise the unguided sampler is picked (guidance
-    does not help: a negative result).
+    than twice the larger KID subset std and by more than ``RELATIVE_MARGIN`` of it (at N no larger than the KID
+    subset size every subset is the whole set and the std is ~0, so the std alone is no noise bound) AND lowers
+    FID; otherwise the unguided sampler is picked (guidance does not help: a negative result).
     """
     rows = rows.copy()
     rows["picked"] = False
@@ -183,7 +185,7 @@ def pick_settings(rows: pd.DataFrame) -> pd.DataFrame:
         chosen = baseline.name
         if not allowed.empty:
             best = allowed.loc[allowed["kid"].idxmin()]
-            margin = 2 * max(best["kid_subset_std"], baseline["kid_subset_std"])
+            margin = max(2 * best["kid_subset_std"], 2 * baseline["kid_subset_std"], RELATIVE_MARGIN * baseline["kid"])
             if best["kid"] < baseline["kid"] - margin and best["fid"] < baseline["fid"]:
                 chosen = best.name
         rows.loc[chosen, "picked"] = True
