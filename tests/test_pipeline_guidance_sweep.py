@@ -53,12 +53,13 @@ def _rows(kids, fids, ratios, std=0.001):
     weights = [0.0, 0.1, 1.0, 10.0]
     return pd.DataFrame({"dataset": "mnist", "method": "gbm", "seed": 0, "sampler": "dale-langevin", "steps": 100,
                          "weight": weights, "bank_size": [np.nan, 256, 256, 256], "kid": kids, "fid": fids,
-                         "kid_subset_std": std, "distance_ratio_to_unguided": [1.0, *ratios]})
+                         "kid_subset_std": std, "nearest_bank_distance": [6.0, *(6.0 * r for r in ratios)],
+                         "bank_spacing": [np.nan, 5.0, 5.0, 5.0]})
 
 
 def test_pick_is_the_lowest_kid_that_beats_unguided_beyond_noise_without_copying():
     picked = pick_settings(_rows([0.05, 0.04, 0.03, 0.01], [100, 95, 90, 60], [1.0, 0.95, 0.5]))
-    assert list(picked["picked"]) == [False, False, True, False]  # weight 10 copies the bank (ratio 0.5)
+    assert list(picked["picked"]) == [False, False, True, False]  # weight 10: 3.0 < 0.9 x spacing 5.0
 
 
 @pytest.mark.parametrize("kids, fids", [([0.05, 0.049, 0.0495, 0.0499], [100, 90, 90, 90]),  # within 2 std

@@ -22,7 +22,7 @@ import pandas as pd
 SWEEP_ROOT = "results/guidance_sweep"
 DEFAULTS = {"seed": 0, "validation": 1000, "n_samples": 200, "steps": 100, "batch_bank": None,
             "guidance": {"schedule": "clean", "kernel": "polyharmonic", "repel": False}}
-MEMORISATION_FLOOR = 0.9  # a picked setting keeps its samples' nearest-bank distance >= 0.9 x unguided's
+MEMORISATION_FLOOR = 0.9  # a picked setting keeps its samples' nearest-bank distance >= 0.9 x the bank's own spacing
 RELATIVE_MARGIN = 0.05  # and beats the unguided KID by at least 5 % (the KID subset std vanishes when N <= subset size)
 
 
@@ -145,7 +145,7 @@ def memorisation_columns(rows: pd.DataFrame, data: Path) -> pd.DataFrame:
     from gbm.guidance import bank_images_from_file, bank_indices, memorisation_check
 
     rows = rows.copy()
-    for column in ("nearest_bank_distance", "distance_ratio_to_unguided", "fraction_copies"):
+    for column in ("nearest_bank_distance", "distance_ratio_to_unguided", "fraction_copies", "bank_spacing"):
         rows[column] = math.nan
     key = ["dataset", "method", "seed", "sampler", "steps"]
     for _, group in rows.groupby(key):
@@ -162,6 +162,7 @@ def memorisation_columns(rows: pd.DataFrame, data: Path) -> pd.DataFrame:
             rows.loc[index, "nearest_bank_distance"] = check["median_nearest_bank_distance_guided"]
             rows.loc[index, "distance_ratio_to_unguided"] = check["ratio_guided_to_unguided"]
             rows.loc[index, "fraction_copies"] = check["fraction_copies_guided"]
+            rows.loc[index, "bank_spacing"] = check["bank_median_spacing"]
             rows.loc[baseline.index, "nearest_bank_distance"] = check["median_nearest_bank_distance_unguided"]
             rows.loc[baseline.index, "fraction_copies"] = check["fraction_copies_unguided"]
         rows.loc[baseline.index, "distance_ratio_to_unguided"] = 1.0
@@ -171,8 +172,9 @@ def memorisation_columns(rows: pd.DataFrame, data: Path) -> pd.DataFrame:
 def pick_settings(rows: pd.DataFrame) -> pd.DataFrame:
     """Mark the picked setting of each model and sampler (column ``picked``; ``helps`` on its unguided row).
 
-    The rule: among guided settings whose samples stay at least ``MEMORISATION_FLOOR`` x the unguided
-    nearest-bank distance, the lowest validation KID; it is picked only if it beats the unguided KID by more
+    The rule: among guided settings whose samples' median nearest-bank distance stays at least
+    ``MEMORISATION_FLOOR`` x the bank's own median nearest-neighbour spacing (real images' distance to each
+    other: samples no closer to the bank than real images are, so no copying), the lowest validation KID; it is picked only if it beats the unguided KID by more
     than twice the larger KID subset std and by more than ``RELATIVE_MARGIN`` of it (at N no larger than the KID
     subset size every subset is the whole set and the std is ~0, so the std alone is no noise bound) AND lowers
     FID; otherwise the unguided sampler is picked (guidance does not help: a negative result).
@@ -181,7 +183,8 @@ def pick_settings(rows: pd.DataFrame) -> pd.DataFrame:
     rows["picked"] = False
     for _, group in rows.groupby(["dataset", "method", "seed", "sampler", "steps"]):
         baseline = group[group["bank_size"].isna()].iloc[0]
-        allowed = group[group["bank_size"].notna() & (group["distance_ratio_to_unguided"] >= MEMORISATION_FLOOR)]
+        allowed = group[group["bank_size"].notna()
+                        & (group["nearest_bank_distance"] >= MEMORISATION_FLOOR * group["bank_spacing"])]
         chosen = baseline.name
         if not allowed.empty:
             best = allowed.loc[allowed["kid"].idxmin()]
@@ -207,7 +210,8 @@ def markdown(rows: pd.DataFrame) -> str:
         picked=rows["picked"].map(lambda p: "**picked**" if p else ""),
     )
     columns = ["dataset", "method", "sampler", "steps", "weight", "bank", "fid", "kid", "kid_subset_std", "precision",
-               "recall", "nearest_bank_distance", "distance_ratio_to_unguided", "fraction_copies", "picked"]
+               "recall", "nearest_bank_distance", "bank_spacing", "distance_ratio_to_unguided", "fraction_copies",
+               "picked"]
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for _, row in shown.iterrows():
         lines.append("| " + " | ".join(_cell(row[c]) for c in columns) + " |")
@@ -216,8 +220,9 @@ def markdown(rows: pd.DataFrame) -> str:
                f"normalise={bool(rows['normalise'].dropna().iloc[0]) if rows['normalise'].notna().any() else None}, "
                f"weight relative to the score). N = {int(rows['n'].iloc[0])} samples scored against {reference} "
                f"(a validation slice of the training split, excluded from the bank). Distances: pixel L2 in [0, 1] "
-               f"units to the nearest bank image. Pick: lowest KID among settings keeping >= {MEMORISATION_FLOOR} x the "
-               "unguided nearest-bank distance, if it beats unguided KID by > 2 subset std and lowers FID; else "
+               f"units to the nearest bank image; bank_spacing: the bank's own median nearest-neighbour distance. "
+               f"Pick: lowest KID among settings whose samples keep >= {MEMORISATION_FLOOR} x bank_spacing to the "
+               "bank, if it beats unguided KID by > 2 subset std and lowers FID; else "
                "unguided (guidance does not help).")
     return caption + "\n\n" + "\n".join(lines) + "\n"
 
