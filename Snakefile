@@ -25,6 +25,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
 include: "workflow/rules/track.smk"
 include: "workflow/rules/report.smk"
+include: "workflow/rules/guidance.smk"
 
 
 # Light rules run where Snakemake runs (on a cluster: the submit host, which can also reach the network and

@@ -1,5 +1,7 @@
 """Cost of the issue-6 extensions, as JSON: (1) one guided sampler step / one unguided step at batch 256 with
-a 1,024-image bank (goal <= 1.1); (2) one SSCS step / one network forward (goal <= 1.1).
+a 1,024-image bank (goal <= 1.1); (2) one SSCS step / one network forward (goal <= 1.1); (3) issue 18: the
+guided / unguided step ratio of the normalised guidance at each ``--bank-sizes`` x ``--batch-banks`` setting
+(whole bank when batch_bank is null), goal <= 1.2 at the chosen settings.
 
 The network is the shared U-Net from ``gbm.nets`` (random weights, output layer zeroed so states stay finite)
 on 28x28 grayscale (MNIST-shaped) batches. Steps are timed as whole ``gbm.sampling.sample`` calls divided by
@@ -8,6 +10,8 @@ reported. On a shared CPU the paired ratios are noisy, so ``ratio_isolated`` als
 (the guidance term with a free stand-in score; SSCS with a free score) and reports ``(extra + forward) / forward``.
 
     python benchmarks/bench_extensions.py --size small --out results/bench/extensions.json
+    python benchmarks/bench_extensions.py --only bank --size tiny --bank-sizes 256 1024 4096 \
+        --batch-banks null 256 --out results/bench/guidance_bank.json
 """
 
 from __future__ import annotations
@@ -79,6 +83,21 @@ def bench_guidance(sde_name, method, size, batch, bank_size, steps, repeats, dev
             "ratio_isolated": (forward_s + guidance_s) / forward_s, "goal": 1.1}
 
 
+def bench_bank(sde_name, method, size, batch, bank_size, batch_bank, steps, repeats, device, shape) -> dict:
+    """Normalised guidance (the default) with a bank of ``bank_size`` and a per-step subsample ``batch_bank``."""
+    sde = make_sde(sde_name)
+    _, model = _model(sde, size, shape, device)
+    state = state_shape(sde, shape)
+    x_T = sde.prior_sample((batch, *state), noise=torch.randn(batch, *state)).to(device)
+    bank = torch.rand(bank_size, *shape, device=device)
+    bank = bank + 1.0 if sde_name == "gbm" else 2 * bank - 1
+    guided = guided_score_fn(sde, model, bank, weight=1.0, schedule="clean", repel=False, batch_bank=batch_bank)
+    unguided_s = _median_time(lambda: sample(sde, model, x_T, method=method, steps=steps), device, repeats) / steps
+    guided_s = _median_time(lambda: sample(sde, guided, x_T, method=method, steps=steps), device, repeats) / steps
+    return {"sde": sde_name, "sampler": method, "bank_size": bank_size, "batch_bank": batch_bank,
+            "unguided_step_s": unguided_s, "guided_step_s": guided_s, "ratio": guided_s / unguided_s, "goal": 1.2}
+
+
 def bench_sscs(size, batch, steps, repeats, device, shape) -> dict:
     sde = make_sde("cld")
     net, model = _model(sde, size, shape, device)
@@ -106,6 +125,10 @@ def main(argv=None) -> int:
     parser.add_argument("--size", default="small", help="U-Net size from gbm.nets (tiny, small, base, paper)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--bank-size", type=int, default=1024)
+    parser.add_argument("--bank-sizes", type=int, nargs="+", default=[256, 1024, 4096])
+    parser.add_argument("--batch-banks", nargs="+", default=["null", "256"],
+                        help="per-step bank subsample sizes (null: the whole bank)")
+    parser.add_argument("--only", choices=("all", "bank"), default="all", help="bank: only the issue-18 sweep")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="auto")
@@ -114,16 +137,22 @@ def main(argv=None) -> int:
     device = resolve_device(args.device)
     shape = (1, 28, 28)
     began = time.perf_counter()
+    cases = [] if args.only == "bank" else CASES
     result = {
-        "benchmark": "extensions (issue 6): guidance overhead and SSCS step cost",
+        "benchmark": "extensions (issues 6, 18): guidance overhead, its bank sizes, and SSCS step cost",
         "network": {"kind": "gbm.nets.UNet", "size": args.size,
                     "params": count_parameters(UNet(unet_config(args.size)))},
         "data_shape": list(shape),
         "batch_size": args.batch_size,
         "bank_size": args.bank_size,
         "guidance": [bench_guidance(s, m, args.size, args.batch_size, args.bank_size, args.steps, args.repeats,
-                                    device, shape) for s, m in CASES],
-        "sscs": bench_sscs(args.size, args.batch_size, args.steps, args.repeats, device, shape),
+                                    device, shape) for s, m in cases],
+        "guidance_bank": [bench_bank(s, m, args.size, args.batch_size, n, None if b == "null" else int(b), args.steps,
+                                     args.repeats, device, shape)
+                          for s, m in CASES[:2] for n in args.bank_sizes for b in args.batch_banks
+                          if b == "null" or int(b) < n],
+        "sscs": None if args.only == "bank" else bench_sscs(args.size, args.batch_size, args.steps, args.repeats,
+                                                             device, shape),
         "machine": {"device": str(device), "platform": platform.platform(), "cpu_count": os.cpu_count(),
                     "torch_threads": torch.get_num_threads(), "load_average": os.getloadavg()},
         "environment": environment_record(device),
@@ -132,7 +161,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    print(json.dumps({k: result[k] for k in ("guidance", "sscs")}, indent=2))
+    print(json.dumps({k: result[k] for k in ("guidance", "guidance_bank", "sscs")}, indent=2))
     return 0
 
 

@@ -10,6 +10,27 @@ closed form: ``grad D(x) = mean_b c(r_b) (x - x_b) - mean_i c(r_i) (x - d_i)``, 
 Works with every sampler because it only wraps ``score_fn``: for GBM the correction enters before the
 multiply-by-x (``h + x * w_t grad D``); for CLD, whose score is the velocity's, ``D`` lives on the full state
 ``(x, v)`` and the velocity part of its gradient is added.
+
+Normalised strength (``normalise=True``, the default). The raw ``grad D`` has no fixed scale: with the
+polyharmonic kernel in n = 784 dimensions it is ``O(1/r)``, orders of magnitude below a score near the data
+(``O(1/std_t)``), so a raw weight of 1 does nothing measurable and the useful weight differs per level,
+dataset and method. Every sampler consumes the declared score only through its drift, ``g^2 * score``
+(additive SDEs, CLD's velocity), or ``sigma^2 * h`` in log space (GBM, SPEC §3), i.e. linearly. So the
+guidance's pull relative to the model's is the ratio of the two terms *in the declared score's space*:
+``a = add_stein_term(0, x, grad D)`` (``grad D`` for additive SDEs, ``x * grad D`` for GBM, the velocity half
+for CLD) against ``score``. The normalised correction rescales ``a`` per image to
+``w_t * |score_i| / |a_i| * a_i``: at weight 1 the guidance moves image i as hard as the model's score does,
+at every level, for every method; only the direction comes from the critic. Per image, so an image still
+depends on its own seed alone when ``repel=False``. ``normalise=False`` keeps the raw ``w_t * a`` (results
+before this option; ``samples.json`` records which was used).
+
+Per-step bank subsample (``batch_bank`` B). ``grad D``'s bank term is a mean over the bank, so a uniform
+subsample of B bank members without replacement is an unbiased estimate of it (with a fixed bandwidth or
+the bandwidth-free polyharmonic kernel), its variance shrinking like ``(1/B - 1/N)``; its cost is B instead of
+N distances per particle. Each step draws a fresh subsample from a stream seeded by ``seed``, the level
+``t`` and the count of consecutive calls at that level — never by the batch's images or its position in a
+run — so with ``repel=False`` image i still depends on seed i alone. Normalisation divides by the estimate's
+norm, so the normalised correction is a consistent (not exactly unbiased) estimate of the full-bank one.
 """
 
 from __future__ import annotations
@@ -41,7 +62,9 @@ class GuidanceOptions:
     ``bandwidth`` h (None: the median particle-to-bank distance at each step); ``bank_size`` real samples;
     ``seed`` for the bank subset and its noise; ``repel``: keep the particle term of ``D`` (it couples the
     images of a batch, so image i then depends on its batch-mates, not on seed i alone; ``false`` restores
-    per-image reproducibility at the price of a pure pull toward the bank).
+    per-image reproducibility at the price of a pure pull toward the bank); ``normalise``: weight relative
+    to the model's score per image and level (module docstring; ``false``: the raw critic gradient);
+    ``batch_bank``: bank members drawn afresh at each step (None: the whole bank every step).
     """
 
     weight: float = 1.0
@@ -51,6 +74,8 @@ class GuidanceOptions:
     bank_size: int = 1024
     seed: int = 0
     repel: bool = True
+    normalise: bool = True
+    batch_bank: int | None = None
 
     def __post_init__(self):
         if self.kernel not in KERNELS:
@@ -67,6 +92,13 @@ class GuidanceOptions:
             raise ValueError(f"guidance.seed: must be an integer >= 0, got {self.seed!r}")
         if not isinstance(self.repel, bool):
             raise ValueError(f"guidance.repel: must be true or false, got {self.repel!r}")
+        if not isinstance(self.normalise, bool):
+            raise ValueError(f"guidance.normalise: must be true or false, got {self.normalise!r}")
+        if self.batch_bank is not None and (isinstance(self.batch_bank, bool) or not isinstance(self.batch_bank, int)
+                                            or self.batch_bank < 1):
+            raise ValueError(f"guidance.batch_bank: must be a positive integer or null, got {self.batch_bank!r}")
+        if self.batch_bank is not None and self.batch_bank > self.bank_size:
+            raise ValueError(f"guidance.batch_bank: {self.batch_bank} exceeds guidance.bank_size {self.bank_size}")
 
     @classmethod
     def from_dict(cls, options: dict) -> "GuidanceOptions":
@@ -164,16 +196,57 @@ def _check_bank(sde: SDE, bank: torch.Tensor) -> None:
     method_of(sde).check_data(bank, "guidance.bank")
 
 
+class BankSubsampler:
+    """Which bank members a step uses: all of them, or a fresh uniform subsample of ``size`` per step.
+
+    The subsample of a call is drawn from a generator seeded by ``(seed, t, repeat)``, ``repeat`` counting the
+    consecutive calls at the same ``t`` (inner steps, correctors), so it never depends on the batch's images,
+    its size or which batch of a run it is: image i depends on seed i alone when ``repel=False``.
+    """
+
+    def __init__(self, n_bank: int, size: int | None, seed: int):
+        if size is not None and not 1 <= size <= n_bank:
+            raise ValueError(f"guidance.batch_bank: must lie in [1, {n_bank}] (the bank size), got {size!r}")
+        self.n_bank, self.size, self.seed = n_bank, size, seed
+        self._last_t, self._repeat = None, 0
+
+    def __call__(self, t: torch.Tensor) -> torch.Tensor | None:
+        """Bank indices for a call at level ``t`` (per-sample times, all equal; None: the whole bank)."""
+        if self.size is None or self.size == self.n_bank:
+            return None
+        t_value = float(t.reshape(-1)[0])
+        self._repeat = self._repeat + 1 if t_value == self._last_t else 0
+        self._last_t = t_value
+        bits = int(np.float64(t_value).view(np.uint64))
+        state = np.random.SeedSequence([self.seed, bits >> 32, bits & 0xFFFFFFFF, self._repeat]).generate_state(2)
+        generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        return torch.randperm(self.n_bank, generator=generator)[:self.size]
+
+
+def normalised_to_score(score: torch.Tensor, term: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``weight * |score_i| / |term_i| * term_i`` per sample i: the guidance term rescaled so that its norm is
+    ``weight`` times the declared score's (module docstring); a zero term stays zero."""
+    dims = tuple(range(1, score.ndim))
+    score_norm = torch.linalg.vector_norm(score, dim=dims, keepdim=True)
+    term_norm = torch.linalg.vector_norm(term, dim=dims, keepdim=True)
+    return weight * term * (score_norm / term_norm.clamp_min(torch.finfo(term.dtype).tiny))
+
+
 def guided_score_fn(sde: SDE, score_fn, bank: torch.Tensor, *, weight: float = 1.0, schedule: str = "constant",
-                    kernel: str = "polyharmonic", bandwidth: float | None = None, seed: int = 0, repel: bool = True):
-    """Wrap ``score_fn`` (the score ``sde`` declares) with kernel discriminator guidance.
+                    kernel: str = "polyharmonic", bandwidth: float | None = None, seed: int = 0, repel: bool = True,
+                    normalise: bool = True, batch_bank: int | None = None):
+    """Wrap ``score_fn`` (the score ``sde`` declares) with kernel discriminator guidance (SPEC §7).
 
     ``bank``: real samples in the SDE's data space (positive for GBM, centred for additive SDEs and CLD),
     shaped like one sample's data (for CLD: the position half of the state). The bank is noised to each
     requested ``t`` with ``sde.perturb`` and noise drawn once from ``seed`` (so ``D_t`` is smooth in t).
+    ``normalise``: the correction's norm is ``w_t`` times the score's, per image (module docstring);
+    ``batch_bank``: a fresh subsample of that many bank members per step (``BankSubsampler``).
     """
-    GuidanceOptions(weight=weight, schedule=schedule, kernel=kernel, bandwidth=bandwidth)
+    GuidanceOptions(weight=weight, schedule=schedule, kernel=kernel, bandwidth=bandwidth, repel=repel,
+                    normalise=normalise)
     _check_bank(sde, bank)
+    subsample = BankSubsampler(bank.shape[0], batch_bank, seed)
     noise: dict[str, torch.Tensor] = {}
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -184,10 +257,15 @@ def guided_score_fn(sde: SDE, score_fn, bank: torch.Tensor, *, weight: float = 1
                              f"data shape {data_shape}")
         if "z" not in noise:
             noise["z"] = randn((bank.shape[0], *x.shape[1:]), torch.Generator().manual_seed(seed), dtype=x.dtype)
-        bank_t = sde.perturb(bank.to(x.device, x.dtype), t[:1].expand(bank.shape[0]), noise["z"].to(x.device))
+        index = subsample(t)
+        members, z = (bank, noise["z"]) if index is None else (bank[index.to(bank.device)], noise["z"][index])
+        bank_t = sde.perturb(members.to(x.device, x.dtype), t[:1].expand(members.shape[0]), z.to(x.device))
         w = schedule_weight(schedule, weight, t.to(x.dtype), sde.T).reshape(-1, *([1] * (x.ndim - 1)))
-        correction = w * critic_gradient(x, bank_t, kernel, bandwidth, repel)
-        return sde.add_stein_term(score, x, correction)
+        gradient = critic_gradient(x, bank_t, kernel, bandwidth, repel)
+        if not normalise:
+            return sde.add_stein_term(score, x, w * gradient)
+        term = sde.add_stein_term(torch.zeros_like(score), x, gradient)
+        return score + normalised_to_score(score, term, w.reshape(-1, *([1] * (score.ndim - 1))))
 
     return guided
 
@@ -197,7 +275,8 @@ def guided_from_options(sde: SDE, score_fn, images: torch.Tensor, options: Guida
     options = options if isinstance(options, GuidanceOptions) else GuidanceOptions.from_dict(options)
     bank = bank_from_images(images, sde, options.bank_size, options.seed)
     return guided_score_fn(sde, score_fn, bank, weight=options.weight, schedule=options.schedule,
-                           kernel=options.kernel, bandwidth=options.bandwidth, seed=options.seed, repel=options.repel)
+                           kernel=options.kernel, bandwidth=options.bandwidth, seed=options.seed, repel=options.repel,
+                           normalise=options.normalise, batch_bank=options.batch_bank)
 
 
 def bank_from_images(images: torch.Tensor, sde: SDE, size: int, seed: int = 0) -> torch.Tensor:
@@ -206,9 +285,13 @@ def bank_from_images(images: torch.Tensor, sde: SDE, size: int, seed: int = 0) -
         raise ValueError("guidance.bank: no real images to draw the bank from")
     if size > images.shape[0]:
         raise ValueError(f"guidance.bank_size: {size} exceeds the {images.shape[0]} real images available")
-    index = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:size]
-    chosen = images[index]
+    chosen = images[bank_indices(images.shape[0], size, seed).to(images.device)]
     return method_of(sde).to_data(chosen)
+
+
+def bank_indices(n_images: int, size: int, seed: int = 0) -> torch.Tensor:
+    """Which of ``n_images`` real images form the bank of ``size`` drawn with ``seed`` (``bank_from_images``)."""
+    return torch.randperm(n_images, generator=torch.Generator().manual_seed(seed))[:size]
 
 
 def nearest_bank_distances(samples: torch.Tensor, bank: torch.Tensor, batch_size: int = 512) -> torch.Tensor:

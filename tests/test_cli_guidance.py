@@ -68,7 +68,7 @@ def test_guidance_changes_the_images_is_recorded_and_is_a_no_op_at_weight_zero(t
     run, sampler = runs(sde), SAMPLERS[sde]
     bank = ["--guidance-data", str(runs.data)]
     assert _sample(run, tmp_path / "plain.npz", sampler=sampler) == 0
-    assert _sample(run, tmp_path / "guided.npz", "--guidance", "weight=50", "--guidance", "bank_size=16",
+    assert _sample(run, tmp_path / "guided.npz", "--guidance", "weight=1", "--guidance", "bank_size=16",
                    "--guidance", "kernel=gaussian", *bank, sampler=sampler) == 0
     assert _sample(run, tmp_path / "zero.npz", "--guidance", "weight=0", "--guidance", "bank_size=16", *bank,
                    sampler=sampler) == 0
@@ -80,14 +80,16 @@ def test_guidance_changes_the_images_is_recorded_and_is_a_no_op_at_weight_zero(t
     assert not np.array_equal(guided, plain)
     record = meta["guidance"]
     assert record["label"] == "reconstruction (SPEC §7)"
-    assert {k: record[k] for k in ("weight", "bank_size", "kernel", "schedule", "repel")} == \
-        {"weight": 50, "bank_size": 16, "kernel": "gaussian", "schedule": "constant", "repel": True}
+    assert {k: record[k] for k in ("weight", "bank_size", "kernel", "schedule", "repel", "normalise", "batch_bank")} == \
+        {"weight": 1, "bank_size": 16, "kernel": "gaussian", "schedule": "constant", "repel": True, "normalise": True,
+         "batch_bank": None}
     assert record["data"] == {"path": str(runs.data.resolve()), "split": "train", "n_images": 32}
     assert json.loads((tmp_path / "guided.json").read_text())["guidance"] == record
 
 
-def test_guidance_without_repulsion_keeps_image_i_a_function_of_seed_i(tmp_path, runs):
-    guide = ["--guidance", "weight=50", "--guidance", "bank_size=8", "--guidance", "repel=false",
+@pytest.mark.parametrize("extra", [[], ["--guidance", "batch_bank=3"], ["--guidance", "normalise=false"]])
+def test_guidance_without_repulsion_keeps_image_i_a_function_of_seed_i(tmp_path, runs, extra):
+    guide = ["--guidance", "weight=1", "--guidance", "bank_size=8", "--guidance", "repel=false", *extra,
              "--guidance-data", f"{runs.data}:test"]  # the test split holds 8 images
     assert _sample(runs("gbm"), tmp_path / "whole.npz", *guide) == 0
     assert _sample(runs("gbm"), tmp_path / "part.npz", *guide, n=2, batch_size=1, seed_start=2) == 0
@@ -104,6 +106,8 @@ def test_guidance_without_repulsion_keeps_image_i_a_function_of_seed_i(tmp_path,
     (["--guidance", "weight", "--guidance-data", "{data}"], "--guidance 'weight': expected KEY=VALUE"),
     (["--guidance", "weight=-1", "--guidance-data", "{data}"], "--guidance: guidance.weight"),
     (["--guidance", "repel=maybe", "--guidance-data", "{data}"], "--guidance: guidance.repel"),
+    (["--guidance", "normalise=2", "--guidance-data", "{data}"], "--guidance: guidance.normalise"),
+    (["--guidance", "batch_bank=2000", "--guidance-data", "{data}"], "--guidance: guidance.batch_bank"),
     (["--guidance", "bank_size=64", "--guidance-data", "{data}"], "guidance.bank_size"),
     (["--guidance", "weight=1", "--guidance-data", "{data}:valid"], "--guidance-data: unknown split"),
     (["--guidance", "weight=1", "--guidance-data", "{empty}"], "--guidance-data"),

@@ -1,10 +1,12 @@
-"""Closed-form kernel discriminator guidance (SPEC §7, a reconstruction): gradient, effect, bad input."""
+"""Closed-form kernel discriminator guidance (SPEC §7, a reconstruction): gradient, effect (raw and normalised
+to the score's scale), the per-step bank subsample, per-seed reproducibility, bad input."""
 
 import pytest
 import torch
 
 from gbm.methods.cld import CLD
 from gbm.guidance import (
+    BankSubsampler,
     GuidanceOptions,
     bank_from_images,
     critic_gradient,
@@ -13,6 +15,7 @@ from gbm.guidance import (
     memorisation_check,
 )
 from gbm.sampling import sample
+from gbm.seeding import PerSampleGenerator
 from gbm.methods.additive import VPSDE
 from gbm.methods.gbm import GBM
 from gbm.toy import GaussianMixture, LogNormalMixture, mixture_velocity_score
@@ -63,14 +66,14 @@ def test_critic_gradient_pulls_toward_the_bank():
     assert critic_gradient(x, bank)[0, 0] > 0
 
 
-def test_guidance_corrects_a_biased_gbm_score_under_dale_langevin():
+def test_raw_guidance_at_weight_30_halves_a_biased_gbm_scores_mixture_weight_error():
     sde = GBM()
     true, wrong = LogNormalMixture(TRUE), LogNormalMixture(WRONG)
     bank = true.sample(256, torch.Generator().manual_seed(2))[0]
     x_T = wrong.diffused(sde, sde.T).sample(300, torch.Generator().manual_seed(3))[0]
     errors = {}
     for weight in (0.0, 30.0):
-        score = guided_score_fn(sde, wrong.hyvarinen_score(sde), bank, weight=weight)
+        score = guided_score_fn(sde, wrong.hyvarinen_score(sde), bank, weight=weight, normalise=False)
         x = sample(sde, score, x_T, method="dale-langevin", steps=50, generator=torch.Generator().manual_seed(4)).x
         errors[weight] = _weight_error(true.log_mixture, x.log())
     assert errors[0.0] > 0.5  # the biased score really is biased
@@ -78,7 +81,7 @@ def test_guidance_corrects_a_biased_gbm_score_under_dale_langevin():
 
 
 @pytest.mark.parametrize("sde, method", [(VPSDE(), "em"), (CLD(), "sscs")])
-def test_guidance_corrects_a_biased_additive_score(sde, method):
+def test_raw_guidance_at_weight_30_halves_a_biased_additive_scores_mixture_weight_error(sde, method):
     bank = TRUE.sample(256, torch.Generator().manual_seed(2))[0]
     if isinstance(sde, CLD):
         biased, state = mixture_velocity_score(sde, WRONG), 4
@@ -88,11 +91,98 @@ def test_guidance_corrects_a_biased_additive_score(sde, method):
                                                            dtype=D64))
     errors = {}
     for weight in (0.0, 30.0):
-        score = guided_score_fn(sde, biased, bank, weight=weight)
+        score = guided_score_fn(sde, biased, bank, weight=weight, normalise=False)
         x = sample(sde, score, x_T, method=method, steps=50, generator=torch.Generator().manual_seed(4)).x
         errors[weight] = _weight_error(TRUE, sde.positions(x) if isinstance(sde, CLD) else x)
     assert errors[0.0] > 0.5
     assert errors[30.0] < 0.5 * errors[0.0], errors
+
+
+def _biased_case(sde):
+    """The biased score (it believes WRONG), the true bank, x_T and a function giving the weight error."""
+    bank = TRUE.sample(256, torch.Generator().manual_seed(2))[0]
+    if isinstance(sde, GBM):
+        true, wrong = LogNormalMixture(TRUE), LogNormalMixture(WRONG)
+        x_T = wrong.diffused(sde, sde.T).sample(300, torch.Generator().manual_seed(3))[0]
+        return wrong.hyvarinen_score(sde), true.sample(256, torch.Generator().manual_seed(2))[0], x_T, \
+            lambda x: _weight_error(true.log_mixture, x.log())
+    biased, state = (mixture_velocity_score(sde, WRONG), 4) if isinstance(sde, CLD) else (WRONG.stein_score(sde), 2)
+    x_T = sde.prior_sample((300, state), noise=torch.randn(300, state, generator=torch.Generator().manual_seed(3),
+                                                           dtype=D64))
+    return biased, bank, x_T, lambda x: _weight_error(TRUE, sde.positions(x))
+
+
+@pytest.mark.parametrize("sde, method", [(GBM(), "dale-langevin"), (VPSDE(), "em"), (CLD(), "sscs")])
+def test_normalised_guidance_at_weight_one_cuts_the_mixture_weight_error_threefold(sde, method):
+    """Weight 1 = a pull as strong as the score's: the total-variation error of the mixture weights (0.69
+    unguided) falls by at least 3x (measured: GBM 4.9x, VP 6.5x, CLD 26x), for each SDE and sampler family."""
+    biased, bank, x_T, error = _biased_case(sde)
+    errors = {}
+    for weight in (0.0, 1.0):
+        score = guided_score_fn(sde, biased, bank, weight=weight, normalise=True)
+        errors[weight] = error(sample(sde, score, x_T, method=method, steps=50,
+                                      generator=torch.Generator().manual_seed(4)).x)
+    assert errors[0.0] > 0.5
+    assert errors[1.0] < errors[0.0] / 3, errors
+
+
+@pytest.mark.parametrize("sde", [GBM(), VPSDE(), CLD()])
+def test_normalised_correction_is_weight_times_the_scores_norm_per_image(sde):
+    biased, bank, x_T, _ = _biased_case(sde)
+    x, t = x_T[:5] * (1.1 if isinstance(sde, GBM) else 0.5), torch.full((5,), 0.3, dtype=D64)
+    score = biased(x, t)
+    correction = guided_score_fn(sde, biased, bank, weight=0.7, normalise=True)(x, t) - score
+    torch.testing.assert_close(correction.flatten(1).norm(dim=1), 0.7 * score.flatten(1).norm(dim=1))
+    raw = guided_score_fn(sde, biased, bank, weight=0.7, normalise=False)(x, t) - score  # same direction as raw
+    torch.testing.assert_close(torch.nn.functional.cosine_similarity(correction.flatten(1), raw.flatten(1)),
+                               torch.ones(5, dtype=D64))
+
+
+def test_per_step_bank_subsample_is_unbiased_and_its_variance_shrinks_with_its_size():
+    """Monte Carlo over 600 steps at one level: the mean subsampled critic gradient matches the full bank's
+    within 4 standard errors, and the variance falls as (1/B - 1/N) predicts (B 8 -> 32 of N 64: 7x)."""
+    sde, bank = VPSDE(), TRUE.sample(64, torch.Generator().manual_seed(0))[0]
+    x, t = WRONG.sample(3, torch.Generator().manual_seed(1))[0], torch.full((3,), 0.2, dtype=D64)
+    zero = lambda x, t: torch.zeros_like(x)  # noqa: E731  the correction alone
+    full = guided_score_fn(sde, zero, bank, normalise=False, repel=False)(x, t)
+    variances = {}
+    for size in (8, 32):
+        guided = guided_score_fn(sde, zero, bank, normalise=False, repel=False, batch_bank=size)
+        draws = torch.stack([guided(x, t) for _ in range(600)])
+        mean, std_error = draws.mean(0), draws.std(0) / 600**0.5
+        assert ((mean - full).abs() < 4 * std_error).all(), (mean, full, std_error)
+        variances[size] = draws.var(0).sum().item()
+    assert variances[8] > 3 * variances[32], variances
+
+
+def test_bank_subsample_stream_depends_on_seed_and_level_only():
+    draw = lambda subsampler, t: subsampler(torch.full((2,), t, dtype=D64))  # noqa: E731
+    a, b = BankSubsampler(100, 10, seed=3), BankSubsampler(100, 10, seed=3)
+    first = [draw(a, t) for t in (0.9, 0.9, 0.5)]
+    assert not torch.equal(first[0], first[1])  # a repeated call at one level draws afresh
+    draw(b, 0.7)  # another run's history does not matter once the level changes
+    assert all(torch.equal(u, draw(b, t)) for u, t in zip(first, (0.9, 0.9, 0.5)))
+    assert not torch.equal(first[0], draw(BankSubsampler(100, 10, seed=4), 0.9))
+    assert BankSubsampler(100, None, seed=3)(torch.ones(2)) is None
+
+
+@pytest.mark.parametrize("batch_bank", [None, 16])
+def test_guidance_without_repulsion_keeps_each_image_a_function_of_its_own_seed(batch_bank):
+    """Whole sampler runs: a batch of 6 equals the same seeds drawn as batches of 2 (in reverse order) through
+    one guided score function, with the normalised correction and a per-step bank subsample."""
+    sde = GBM()
+    true, wrong = LogNormalMixture(TRUE), LogNormalMixture(WRONG)
+    bank = true.sample(64, torch.Generator().manual_seed(2))[0]
+    guided = guided_score_fn(sde, wrong.hyvarinen_score(sde), bank, weight=1.0, repel=False, batch_bank=batch_bank)
+
+    def run(seeds):
+        generator = PerSampleGenerator(seeds)
+        x_T = sde.prior_sample((len(seeds), 2), noise=generator.randn((2,), dtype=D64))
+        return sample(sde, guided, x_T, method="dale-langevin", steps=10, generator=generator).x
+
+    whole = run(list(range(6)))
+    parts = torch.cat([run([4, 5]), run([2, 3]), run([0, 1])][::-1])
+    torch.testing.assert_close(whole, parts, rtol=1e-9, atol=1e-9)
 
 
 def test_gbm_guidance_enters_the_stein_score_before_the_multiply_by_x():
@@ -103,7 +193,7 @@ def test_gbm_guidance_enters_the_stein_score_before_the_multiply_by_x():
     x, t = 3.0 * LogNormalMixture(WRONG).sample(6, torch.Generator().manual_seed(1))[0], torch.full((6,), 0.4, dtype=D64)
     noise = torch.randn(16, 2, generator=torch.Generator().manual_seed(5), dtype=D64)
     bank_t = sde.perturb(bank, torch.full((16,), 0.4, dtype=D64), noise)
-    guided = guided_score_fn(sde, score, bank, weight=2.0, seed=5)(x, t)
+    guided = guided_score_fn(sde, score, bank, weight=2.0, seed=5, normalise=False)(x, t)
     torch.testing.assert_close(guided - score(x, t), x * 2.0 * critic_gradient(x, bank_t))
 
 
@@ -159,5 +249,13 @@ def test_guidance_refuses_bad_input_naming_the_field():
         GuidanceOptions(weight=-1.0)
     with pytest.raises(ValueError, match="guidance: unknown option"):
         GuidanceOptions.from_dict({"wieght": 1.0})
+    with pytest.raises(ValueError, match="guidance.normalise"):
+        GuidanceOptions(normalise="yes")
+    with pytest.raises(ValueError, match="guidance.batch_bank"):
+        GuidanceOptions(bank_size=8, batch_bank=16)
+    with pytest.raises(ValueError, match="guidance.batch_bank"):
+        GuidanceOptions(batch_bank=0)
+    with pytest.raises(ValueError, match="guidance.batch_bank"):
+        guided_score_fn(sde, score, torch.zeros(5, 2), batch_bank=6)
     with pytest.raises(ValueError, match="guidance.bank_size"):
         bank_from_images(torch.zeros(3, 1, 2, 2, dtype=torch.uint8), sde, size=4)

@@ -64,7 +64,8 @@ def test_guided_paper_rows_pass_the_guidance_and_the_train_split_bank_to_gbm_sam
     command = next(line for line in out.stdout.splitlines() if "gbm sample" in line)
     assert "--sampler dale-langevin" in command and "--delta 0.000616545" in command
     assert "--guidance-data results/data/mnist.npz:train" in command
-    assert "--guidance weight=1.0" in command and "--guidance repel=false" in command
+    assert "--guidance weight=0.1" in command and "--guidance repel=false" in command
+    assert "--guidance normalise=true" in command
 
 
 def test_paper_config_uses_the_authors_sampler_settings():

@@ -129,6 +129,20 @@ def _timing(args) -> int:
     return 0
 
 
+def _guidance_sweep(args) -> int:
+    from gbm.data.atomic import write_text_atomic
+    from gbm.pipeline.guidance_sweep import markdown, sweep_figure, sweep_table
+
+    rows = sweep_table([Path(p) for p in args.metrics], {Path(d).stem: Path(d) for d in args.data})
+    out = Path(args.out_dir)
+    write_text_atomic(out / "guidance_sweep.csv", rows.to_csv(index=False))
+    write_text_atomic(out / "guidance_sweep.md", markdown(rows))
+    sweep_figure(rows, Path(args.figure))
+    picked = rows[rows["picked"]][["dataset", "method", "sampler", "weight", "bank_size"]]
+    print(picked.to_string(index=False))
+    return 0
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("report", help="aggregate metrics, write tables and figures",
                                    description=__doc__.splitlines()[0])
@@ -207,6 +221,14 @@ def add_parser(subparsers) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--out", nargs="+", required=True)
     p.set_defaults(func=_trajectories)
+
+    p = steps.add_parser("guidance-sweep", help="guidance weight sweep: table (with memorisation check and pick) "
+                                                 "and figure")
+    p.add_argument("--metrics", nargs="+", required=True, help="metrics.json of every sweep setting")
+    p.add_argument("--data", nargs="+", required=True, help="prepared dataset files (the banks), DATASET.npz")
+    p.add_argument("--out-dir", required=True, help="writes guidance_sweep.csv and guidance_sweep.md here")
+    p.add_argument("--figure", required=True, help="PNG (and PDF beside it)")
+    p.set_defaults(func=_guidance_sweep)
 
     p = steps.add_parser("timing", help="wall time split into compute and pipeline overhead")
     p.add_argument("--results", default="results")

@@ -44,7 +44,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--guidance", action="append", default=[], metavar="KEY=VALUE",
                         help="closed-form kernel discriminator guidance (a reconstruction of SPEC §7) for any sampler; "
                              "keys weight, schedule (constant|noisy|clean), kernel (polyharmonic|gaussian|imq), "
-                             "bandwidth, bank_size (default 1024), seed, repel (default true); YAML-parsed, repeatable; "
+                             "bandwidth, bank_size (default 1024), seed, repel (default true), normalise (default true: weight 1 "
+                             "pulls as hard as the model's score, per image and level; false: the raw critic gradient), "
+                             "batch_bank (bank members drawn afresh per step; default: the whole bank); YAML-parsed, repeatable; "
                              "needs --guidance-data. With repel=true the particle term couples the images of a batch, "
                              "so image i then depends on its batch-mates and the batch size, not on seed i alone; "
                              "repel=false keeps per-image reproducibility")

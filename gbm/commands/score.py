@@ -28,7 +28,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("score", help="FID/KID/precision/recall of generated images against a reference")
     parser.add_argument("--real", required=True, help="prepared dataset FILE.npz:test, sample .npz, or image folder")
     parser.add_argument("--fake", required=True, help="sample .npz, prepared dataset FILE.npz:SPLIT, or image folder")
-    parser.add_argument("--real-split", choices=("train", "test"), default=None, help="split of a prepared --real file")
+    parser.add_argument("--real-split", default=None,
+                        help="split of a prepared --real file: train, test, validation-N (the last N training "
+                             "images) or train-minus-validation-N")
     parser.add_argument("--n", type=int, default=None, help="use the first N images of each set")
     parser.add_argument("--allow-nonfinite", action="store_true",
                         help="score a sample file that records non-finite images (gbm sample --allow-nonfinite); "
@@ -54,9 +56,13 @@ def metric_options(args: argparse.Namespace) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from gbm.data.prepared import is_split_name
     from gbm.pipeline.live_tracking import job_record, process_start_time
 
     started_at = process_start_time()
+    if args.real_split is not None and not is_split_name(args.real_split):
+        raise ValueError(f"--real-split: unknown split {args.real_split!r}; choose train, test, validation-N or "
+                         "train-minus-validation-N")
     result = score(args.real, args.fake, n=args.n, real_split=args.real_split, allow_nonfinite=args.allow_nonfinite,
                    real_features=args.real_features, save_fake_features=args.save_features, **metric_options(args))
     emit(result | {"job": job_record(started_at)}, args.out)

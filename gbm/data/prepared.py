@@ -2,11 +2,16 @@
 
 Arrays: ``train_images``/``test_images`` uint8 (N, C, H, W), ``train_labels``/``test_labels`` int64 (N,),
 ``meta`` a JSON string (name, source, sha256 and verification of each source file, shapes).
+
+Besides ``train`` and ``test``, a split may name a held-out slice of the training split (``resolve_split``):
+``validation-N`` (its last N images, e.g. the reference of the guidance weight sweep, so that tuning never
+sees the test split) and ``train-minus-validation-N`` (the rest, e.g. the guidance bank).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +21,7 @@ from gbm.data.atomic import atomic_path
 from gbm.data.sources import RawDataset, load_raw
 
 SPLITS = ("train", "test")
+HELD_OUT_SPLIT = re.compile(r"(validation|train-minus-validation)-(\d+)")
 FORMAT_VERSION = 1
 
 
@@ -30,16 +36,32 @@ class PreparedDataset:
     meta: dict
 
     def images(self, split: str) -> np.ndarray:
-        return getattr(self, f"{_check_split(split)}_images")
+        base, rows = resolve_split(split, len(self.train_images))
+        return getattr(self, f"{base}_images")[rows]
 
     def labels(self, split: str) -> np.ndarray:
-        return getattr(self, f"{_check_split(split)}_labels")
+        base, rows = resolve_split(split, len(self.train_labels))
+        return getattr(self, f"{base}_labels")[rows]
 
 
-def _check_split(split: str) -> str:
-    if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    return split
+def is_split_name(text: str) -> bool:
+    """Whether ``text`` has the form of a split name (``train``, ``test``, ``validation-N``, ...)."""
+    return text in SPLITS or HELD_OUT_SPLIT.fullmatch(text) is not None
+
+
+def resolve_split(split: str, n_train: int) -> tuple[str, slice]:
+    """The stored split (``train``/``test``) and rows a split name selects; ``validation-N`` is the last N
+    training images and ``train-minus-validation-N`` the others, so the two never overlap."""
+    if split in SPLITS:
+        return split, slice(None)
+    held_out = HELD_OUT_SPLIT.fullmatch(split) if isinstance(split, str) else None
+    if held_out is None:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}, validation-N (the last N "
+                         "training images) or train-minus-validation-N (the other training images)")
+    n = int(held_out.group(2))
+    if not 1 <= n < n_train:
+        raise ValueError(f"split {split!r}: N must lie in [1, {n_train - 1}] (the training split has {n_train} images)")
+    return "train", slice(n_train - n, None) if held_out.group(1) == "validation" else slice(0, n_train - n)
 
 
 def validate_split(images: np.ndarray, labels: np.ndarray, what: str) -> None:

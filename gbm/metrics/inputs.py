@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from gbm.data import load_prepared
+from gbm.data.prepared import is_split_name
 from gbm.metrics.features import validate_images
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -43,7 +44,7 @@ def load_image_set(spec: str | Path, split: str | None = None, allow_nonfinite: 
     A sample file whose ``meta`` records non-finite images (``nonfinite`` > 0, written by
     ``gbm sample --allow-nonfinite``) is refused unless ``allow_nonfinite``."""
     text = str(spec)
-    if ":" in text and text.rsplit(":", 1)[1] in ("train", "test") and not Path(text).exists():
+    if ":" in text and is_split_name(text.rsplit(":", 1)[1]) and not Path(text).exists():
         text, split = text.rsplit(":", 1)
     path = Path(text)
     if path.is_dir():

@@ -99,6 +99,12 @@ def check_config(config: dict) -> None:
     if "baseline" in config.get("comparisons", {}):  # the default baseline is optional: no VP, no comparisons
         check_baseline(with_defaults(config))
     check_training_configs(with_defaults(config))
+    from gbm.pipeline.guidance_sweep import check_sweep
+
+    try:
+        check_sweep(config)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 def _check_sampler_stability(config: dict, entry: str, label: str, method, sampler: str, key: str) -> None:

@@ -200,4 +200,6 @@ def all_targets():
     if TRAJECTORY_ENTRY is not None:
         targets += [f"results/figures/trajectories_{d}.png" for d in DATASETS]
     targets += [f"results/{d}/{m}/seed{s}/mlflow.json" for d in DATASETS for m in METHODS for s in SEEDS]
+    if config.get("guidance_sweep") is not None:  # opt-in (workflow/rules/guidance.smk)
+        targets += ["results/tables/guidance_sweep.csv", "results/figures/guidance_sweep.png"]
     return targets
