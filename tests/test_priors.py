@@ -204,9 +204,10 @@ def test_prior_draw_for_image_is_the_same_alone_or_in_a_batch(name, options):
     prior = get_prior(name)
     stats = prior.fit(SDE_, x0, labels, **options)
     batch = prior.sample(SDE_, stats, (8, 1, 3, 3), PerSampleGenerator(range(10, 18)))
-    alone = prior.sample(SDE_, stats, (1, 1, 3, 3), PerSampleGenerator([13]))
-    assert torch.equal(batch[3:4], alone)
-    assert not torch.equal(batch[2:3], alone)
+    for row, seed in enumerate(range(10, 18)):
+        alone = prior.sample(SDE_, stats, (1, 1, 3, 3), PerSampleGenerator([seed]))
+        assert torch.equal(batch[row:row + 1], alone)
+    assert not torch.equal(batch[0], batch[1])
 
 
 def test_authors_prior_uses_the_published_constants_per_channel():
