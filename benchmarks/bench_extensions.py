@@ -27,7 +27,7 @@ from gbm.models import ScoreModel, state_shape
 from gbm.nets import UNet, count_parameters, unet_config
 from gbm.runs import environment_record, resolve_device
 from gbm.sampling import sample
-from gbm.sde import make_sde
+from gbm.methods import make_sde
 
 CASES = [("vp", "em"), ("gbm", "dale-langevin"), ("cld", "sscs")]
 

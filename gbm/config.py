@@ -7,7 +7,6 @@ raises ``ValueError`` naming the key path (``train.steps``). The ``sde`` and ``l
 
 from __future__ import annotations
 
-import inspect
 import re
 import types
 import typing
@@ -234,14 +233,6 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> Config:
         raise FileNotFoundError(f"config: no such file {str(path)!r}")
     raw = parse_yaml(path.read_text()) or {}
     return config_from_dict(apply_overrides(raw, list(overrides)))
-
-
-def check_loss_options(options: dict, make_loss) -> None:
-    """Refuse loss options that ``make_loss`` does not take, naming the key."""
-    accepted = {p.name for p in inspect.signature(make_loss).parameters.values() if p.kind == p.KEYWORD_ONLY}
-    for key in options:
-        if key not in accepted:
-            raise ValueError(f"loss.{key}: unknown config key; known keys of loss: {sorted(accepted)}")
 
 
 def diff_keys(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -21,11 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gbm.cld import CLD
 from gbm.config import parse_yaml
 from gbm.data.prepared import load_prepared
-from gbm.pixels import to_centered, to_positive
-from gbm.sde import GBM, SDE, check_positive
+from gbm.methods import method_of
+from gbm.sde import SDE
 from gbm.seeding import randn
 
 KERNELS = ("polyharmonic", "gaussian", "imq")
@@ -162,8 +161,7 @@ def _check_bank(sde: SDE, bank: torch.Tensor) -> None:
         raise ValueError("guidance.bank: need a tensor of real samples (N, ...) in the SDE's data space")
     if bank.shape[0] == 0:
         raise ValueError("guidance.bank: the bank of real samples is empty")
-    if isinstance(sde, GBM):
-        check_positive(bank, "guidance.bank")
+    method_of(sde).check_data(bank, "guidance.bank")
 
 
 def guided_score_fn(sde: SDE, score_fn, bank: torch.Tensor, *, weight: float = 1.0, schedule: str = "constant",
@@ -180,7 +178,7 @@ def guided_score_fn(sde: SDE, score_fn, bank: torch.Tensor, *, weight: float = 1
 
     def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         score = score_fn(x, t)
-        data_shape = (x.shape[1] // 2, *x.shape[2:]) if isinstance(sde, CLD) else tuple(x.shape[1:])
+        data_shape = tuple(sde.positions(x).shape[1:])
         if tuple(bank.shape[1:]) != data_shape:
             raise ValueError(f"guidance.bank: samples of shape {tuple(bank.shape[1:])} do not match the sampler's "
                              f"data shape {data_shape}")
@@ -189,11 +187,7 @@ def guided_score_fn(sde: SDE, score_fn, bank: torch.Tensor, *, weight: float = 1
         bank_t = sde.perturb(bank.to(x.device, x.dtype), t[:1].expand(bank.shape[0]), noise["z"].to(x.device))
         w = schedule_weight(schedule, weight, t.to(x.dtype), sde.T).reshape(-1, *([1] * (x.ndim - 1)))
         correction = w * critic_gradient(x, bank_t, kernel, bandwidth, repel)
-        if isinstance(sde, CLD):
-            return score + sde.velocities(correction)
-        if sde.score_kind == "hyvarinen":
-            return score + x * correction
-        return score + correction
+        return sde.add_stein_term(score, x, correction)
 
     return guided
 
@@ -214,7 +208,7 @@ def bank_from_images(images: torch.Tensor, sde: SDE, size: int, seed: int = 0) -
         raise ValueError(f"guidance.bank_size: {size} exceeds the {images.shape[0]} real images available")
     index = torch.randperm(images.shape[0], generator=torch.Generator().manual_seed(seed))[:size]
     chosen = images[index]
-    return to_positive(chosen) if isinstance(sde, GBM) else to_centered(chosen)
+    return method_of(sde).to_data(chosen)
 
 
 def nearest_bank_distances(samples: torch.Tensor, bank: torch.Tensor, batch_size: int = 512) -> torch.Tensor:

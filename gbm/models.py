@@ -34,7 +34,5 @@ class ScoreModel(nn.Module):
 
 
 def state_shape(sde: SDE, shape: tuple[int, ...]) -> tuple[int, ...]:
-    """Shape of one sample of the SDE's state: the data's, or CLD's (x, v) stacked on channels."""
-    if hasattr(sde, "initial_state"):
-        return tuple(sde.initial_state(torch.zeros(1, *shape)).shape[1:])
-    return tuple(shape)
+    """Shape of one sample of the SDE's state (``sde.initial_state``: the data's, or CLD's (x, v) stacked)."""
+    return tuple(sde.initial_state(torch.zeros(1, *shape)).shape[1:])

@@ -20,7 +20,8 @@ import torch
 from gbm.data.atomic import write_stream_atomic, write_text_atomic
 from gbm.models import ScoreModel
 from gbm.nets import build_backbone
-from gbm.sde import SDE, make_sde
+from gbm.methods import make_sde
+from gbm.sde import SDE
 
 MODEL_FORMAT = "gbm-model/1"
 

@@ -1,7 +1,8 @@
-"""Toy distributions with known answers: exact diffused scores for testing samplers, and 2-D data.
+"""Distributions with known answers, for testing samplers and losses: exact diffused scores.
 
-``LogNormalMixture`` diffused by GBM and ``GaussianMixture`` diffused by an additive SDE stay mixtures of
-the same family with closed-form parameters, so their exact scores at every ``t`` are known.
+``LogNormalMixture`` diffused by GBM and ``GaussianMixture`` diffused by an additive SDE or by CLD stay
+mixtures of the same family with closed-form parameters, so their exact scores at every ``t`` are known.
+Test helpers only: nothing in the package imports this module.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from dataclasses import dataclass
 
 import torch
 
-from gbm.sde import GBM, SDE
+from gbm.methods.cld import CLD
+from gbm.methods.gbm import GBM
+from gbm.sde import SDE
 
 
 def _mixture_log_density_and_grad(y, weights, means, variances):
@@ -97,18 +100,6 @@ class LogNormalMixture:
         return self.log_mixture.assign(x.log())
 
 
-def two_spirals(n: int, generator: torch.Generator | None = None, noise: float = 0.05) -> torch.Tensor:
-    """Two interleaved spirals shifted into the positive quadrant (SPEC §10): ``(n, 2)``, all > 0."""
-    u = torch.rand(n, generator=generator)
-    arm = torch.randint(0, 2, (n,), generator=generator)
-    angle = 0.5 * math.pi + 3 * math.pi * u  # 1.5 turns per arm
-    radius = angle / (3.5 * math.pi)
-    sign = 1 - 2 * arm.float()
-    xy = sign[:, None] * torch.stack([radius * torch.cos(angle), radius * torch.sin(angle)], dim=1)
-    xy = xy + noise * torch.randn(n, 2, generator=generator)
-    return xy + 1.5  # spirals lie within radius ~1.1 of the origin: all coordinates end up in ~[0.3, 2.7]
-
-
 def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 256, seed: int = 0) -> float:
     """Sliced 1-Wasserstein distance between two equally sized point clouds (N, D)."""
     if a.shape != b.shape:
@@ -119,3 +110,32 @@ def sliced_wasserstein(a: torch.Tensor, b: torch.Tensor, projections: int = 256,
     pa = (a.double() @ directions).sort(dim=0).values
     pb = (b.double() @ directions).sort(dim=0).values
     return (pa - pb).abs().mean().item()
+
+
+def mixture_velocity_score(sde: CLD, mixture: GaussianMixture):
+    """Exact ``grad_v log p_t(u)`` when the data is an isotropic Gaussian mixture (points (N, D)).
+
+    Each component ``N(m_k, s_k^2 I)`` stays Gaussian under CLD: per coordinate, mean
+    ``(a_x m_k, a_v m_k)`` and 2x2 covariance ``Sigma_t + s_k^2 [a_x, a_v]^T [a_x, a_v]``, coordinates
+    independent; the score is the responsibility-weighted sum of the components' velocity scores.
+    """
+
+    def score_fn(u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        x, v = sde.positions(u).double(), sde.velocities(u).double()  # B, D
+        (ax, av), (sxx, sxv, svv) = (
+            [c[:, None, None].to(u.device) for c in pair] for pair in sde.kernel(t.double().cpu())
+        )  # each B, 1, 1
+        var = (mixture.stds.double() ** 2)[None, :, None]  # 1, K, 1
+        cxx, cxv, cvv = sxx + var * ax**2, sxv + var * ax * av, svv + var * av**2  # B, K, 1
+        det = cxx * cvv - cxv**2
+        means = mixture.means.double()[None]  # 1, K, D
+        dx, dv = x[:, None] - ax * means, v[:, None] - av * means  # B, K, D
+        px, pv = (cvv * dx - cxv * dv) / det, (cxx * dv - cxv * dx) / det  # precision times residual
+        log_comp = mixture.weights.double().log()[None] - 0.5 * (dx * px + dv * pv).sum(-1) \
+            - 0.5 * x.shape[1] * det[..., 0].log()
+        resp = torch.softmax(log_comp, dim=1)  # B, K
+        return -(resp[..., None] * pv).sum(1).to(u.dtype)
+
+    return score_fn
+
+

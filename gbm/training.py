@@ -25,11 +25,11 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from gbm import pixels, toy
-from gbm.config import RESUMABLE_KEYS, Config, check_loss_options, diff_keys
+from gbm.config import RESUMABLE_KEYS, Config, diff_keys
 from gbm.data.atomic import write_text_atomic
+from gbm.data.toy import two_spirals
 from gbm.ema import EMA
-from gbm.losses import check_training_data, make_loss
+from gbm.methods import Method, get_method
 from gbm.models import ScoreModel, state_shape
 from gbm.nets import MLP, MLPConfig, UNet, backbone_record, count_parameters, unet_config
 from gbm.runs import (
@@ -41,9 +41,9 @@ from gbm.runs import (
     sde_record,
     write_json,
 )
-from gbm.sde import GBM, SDE, make_sde
+from gbm.sde import SDE
 
-TOY_DATASETS = {"two_spirals": toy.two_spirals}
+TOY_DATASETS = {"two_spirals": two_spirals}
 
 
 class TrainingDiverged(RuntimeError):
@@ -98,12 +98,7 @@ class TrainingSetup:
     data_record: dict
 
 
-def data_space(sde: SDE) -> str:
-    """Where an SDE's data lives: GBM in [1, 2] (``pixels.to_positive``), the others in [-1, 1]."""
-    return "positive" if isinstance(sde, GBM) else "centered"
-
-
-def _load_data(config: Config, sde: SDE) -> tuple[torch.Tensor, Callable | None, dict]:
+def _load_data(config: Config, method: Method) -> tuple[torch.Tensor, Callable | None, dict]:
     data = config.data
     if data.toy is not None:
         if data.toy not in TOY_DATASETS:
@@ -116,10 +111,9 @@ def _load_data(config: Config, sde: SDE) -> tuple[torch.Tensor, Callable | None,
     images = torch.from_numpy(np.ascontiguousarray(prepared.images(data.split)))
     if data.limit is not None:
         images = images[: data.limit]
-    space = data_space(sde)
-    record = {"path": str(data.path), "split": data.split, "limit": data.limit, "space": space,
+    record = {"path": str(data.path), "split": data.split, "limit": data.limit, "space": method.data_space,
               "dataset": prepared.meta.get("name"), "meta": prepared.meta}
-    return images, pixels.DATA_SPACE[space][0], record
+    return images, method.to_data, record
 
 
 def _build_backbone(config: Config, sde: SDE, shape: tuple[int, ...]) -> nn.Module:
@@ -142,23 +136,22 @@ def _build_backbone(config: Config, sde: SDE, shape: tuple[int, ...]) -> nn.Modu
 def prepare(config: Config, device: str | torch.device = "auto") -> TrainingSetup:
     """Validate the config against the data and build SDE, network, loss and data; writes nothing."""
     device = resolve_device(device) if isinstance(device, str) else device
+    method = get_method(config.sde.name)
     params = config.sde.params
-    fixed = sorted({"prior_log_mean", "prior_log_std"} & set(params))
+    fixed = sorted(set(method.fitted_params) & set(params))
     if fixed:
-        raise ValueError(f"sde.{fixed[0]}: the log-normal prior is fitted from the training data; do not set it")
+        raise ValueError(f"sde.{fixed[0]}: fitted from the training data by method {method.name!r}; do not set it")
     try:
-        sde = make_sde(config.sde.name, **params)
+        sde = method.make_sde(**params)
     except TypeError as error:
         raise ValueError(f"sde: bad parameter for {config.sde.name!r}: {error}") from None
-    check_loss_options(config.loss, make_loss)
-    loss_fn = make_loss(sde, **config.loss)
+    method.make_loss(sde, **config.loss)  # checks the loss options before the data is read
 
-    values, to_data_space, data_record = _load_data(config, sde)
+    values, to_data_space, data_record = _load_data(config, method)
     full = values.float() if to_data_space is None else to_data_space(values)
-    check_training_data(sde, full)
-    if isinstance(sde, GBM):
-        sde = sde.with_prior_from_data(full)
-        loss_fn = make_loss(sde, **config.loss)
+    method.check_data(full, "data")
+    sde = method.fit(sde, full)
+    loss_fn = method.make_loss(sde, **config.loss)
     del full
     if len(values) < config.train.batch_size:
         raise ValueError(f"train.batch_size: {config.train.batch_size} exceeds the {len(values)} training examples")

@@ -5,11 +5,11 @@ import pytest
 import torch
 from scipy.integrate import solve_ivp
 
-from gbm.cld import CLD, HSMLoss, mixture_velocity_score
-from gbm.losses import make_loss
+from gbm.methods import get_method, make_sde
+from gbm.methods.cld import CLD, HSMLoss
+from gbm.methods.gbm import GBM
 from gbm.sampling import sample
-from gbm.sde import GBM, make_sde
-from gbm.toy import GaussianMixture, sliced_wasserstein
+from gbm.toy import GaussianMixture, mixture_velocity_score, sliced_wasserstein
 
 
 def _lyapunov_moments(sde: CLD, times):
@@ -83,7 +83,7 @@ def test_hsm_loss_differs_from_explicit_score_matching_by_a_model_independent_co
     """HSM = ESM + const: shifting the exact score by ``delta`` raises the loss by ``delta^2 D E_t[l_t^-2]``."""
     sde = CLD()
     mix = _mixture()
-    loss = make_loss(sde)
+    loss = get_method("cld").make_loss(sde)
     assert isinstance(loss, HSMLoss)
     exact = mixture_velocity_score(sde, mix)
     x0, _ = mix.sample(4000, torch.Generator().manual_seed(0))

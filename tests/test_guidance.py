@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from gbm.cld import CLD, mixture_velocity_score
+from gbm.methods.cld import CLD
 from gbm.guidance import (
     GuidanceOptions,
     bank_from_images,
@@ -13,8 +13,9 @@ from gbm.guidance import (
     memorisation_check,
 )
 from gbm.sampling import sample
-from gbm.sde import GBM, VPSDE
-from gbm.toy import GaussianMixture, LogNormalMixture
+from gbm.methods.additive import VPSDE
+from gbm.methods.gbm import GBM
+from gbm.toy import GaussianMixture, LogNormalMixture, mixture_velocity_score
 
 D64 = torch.float64
 

@@ -5,8 +5,9 @@ import math
 import pytest
 import torch
 
-from gbm.losses import DSMLoss, MDSMLoss, MESMLoss, make_loss
-from gbm.sde import GBM, VESDE, VPSDE
+from gbm.methods import get_method
+from gbm.methods.additive import DSMLoss, VESDE, VPSDE
+from gbm.methods.gbm import GBM, MDSMLoss, MESMLoss
 from gbm.toy import GaussianMixture, LogNormalMixture
 
 F64 = torch.float64
@@ -103,10 +104,10 @@ def test_mdsm_uses_one_time_for_noise_and_weight():
     assert ((seen["t"] * 1000).round() - seen["t"] * 1000).abs().max() < 1e-3  # on the k/N grid
 
 
-def test_make_loss_picks_the_loss_of_the_sde_and_refuses_mismatches():
-    assert isinstance(make_loss(GBM()), MDSMLoss)
-    assert isinstance(make_loss(VPSDE()), DSMLoss)
-    with pytest.raises(ValueError, match="likelihood_weighting"):
-        make_loss(GBM(), likelihood_weighting=True)
+def test_each_method_declares_its_loss_and_refuses_options_of_another():
+    assert isinstance(get_method("gbm").make_loss(GBM()), MDSMLoss)
+    assert isinstance(get_method("vp").make_loss(VPSDE()), DSMLoss)
+    with pytest.raises(ValueError, match="loss.likelihood_weighting: unknown config key for method 'gbm'"):
+        get_method("gbm").make_loss(GBM(), likelihood_weighting=True)
     with pytest.raises(ValueError, match="num_levels"):
         MDSMLoss(GBM(), num_levels=1)

@@ -5,7 +5,8 @@ import torch
 
 from gbm.models import ScoreModel
 from gbm.nets import MLP, UNET_SIZES, MLPConfig, UNet, build_backbone, backbone_record, count_parameters, unet_config
-from gbm.sde import GBM, VPSDE
+from gbm.methods.additive import VPSDE
+from gbm.methods.gbm import GBM
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from gbm.sampling import sample
-from gbm.sde import GBM, VESDE, VPSDE
+from gbm.methods.additive import VESDE, VPSDE
+from gbm.methods.gbm import GBM
 from gbm.seeding import PerSampleGenerator
 from gbm.toy import GaussianMixture, LogNormalMixture
 

@@ -5,7 +5,9 @@ import math
 import pytest
 import torch
 
-from gbm.sde import GBM, SubVPSDE, VESDE, VPSDE, make_sde
+from gbm.methods import make_sde
+from gbm.methods.additive import SubVPSDE, VESDE, VPSDE
+from gbm.methods.gbm import GBM
 
 F64 = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -14,8 +14,9 @@ from gbm.ema import EMA
 from gbm.pixels import to_positive
 from gbm.runs import RunDir, load_model
 from gbm.sampling import sample
-from gbm.sde import GBM
-from gbm.toy import sliced_wasserstein, two_spirals
+from gbm.data.toy import two_spirals
+from gbm.methods.gbm import GBM
+from gbm.toy import sliced_wasserstein
 from gbm.training import TrainingDiverged, prepare, train
 
 

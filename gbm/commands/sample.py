@@ -99,24 +99,24 @@ def run(args) -> int:
     from gbm.models import state_shape
     from gbm.data.atomic import write_stream_atomic
     from gbm.runs import git_revision, load_model, resolve_device, write_json
-    from gbm.sampling import SAMPLERS, sample, validate_request
+    from gbm.sampling import sample, sampler_names, validate_request
     from gbm.seeding import PerSampleGenerator
 
     _check_args(args)
-    if args.sampler not in SAMPLERS:
-        raise ValueError(f"--sampler: unknown sampler {args.sampler!r}; choose one of {sorted(SAMPLERS)}")
+    if args.sampler not in sampler_names():
+        raise ValueError(f"--sampler: unknown sampler {args.sampler!r}; choose one of {sampler_names()}")
     options = sampler_options(args)
     guidance_options = options_from_pairs(args.guidance) if args.guidance else None
     device = resolve_device(args.device)
     model, record = load_model(args.run_dir, device)
     sde = model.sde
-    spec = validate_request(sde, args.sampler, args.steps, options)
+    sampler_fn = validate_request(sde, args.sampler, args.steps, options)
     score_fn, guidance = model, None
     if guidance_options is not None:
         images, source = _guidance_bank(args, record)
         score_fn = guided_from_options(sde, model, torch.from_numpy(images).to(device), guidance_options)
         guidance = {"label": "reconstruction (SPEC §7)"} | guidance_options.describe() | {"data": source}
-    if "progress" in inspect.signature(spec.fn).parameters and not args.no_progress:
+    if "progress" in inspect.signature(sampler_fn).parameters and not args.no_progress:
         options_run = options | {"progress": True}
     else:
         options_run = options
@@ -133,7 +133,7 @@ def run(args) -> int:
         generator = PerSampleGenerator(chunk)
         x_T = sde.prior_sample((len(chunk), *sample_shape), noise=generator.randn(sample_shape).to(device))
         result = sample(sde, score_fn, x_T, method=args.sampler, steps=args.steps, generator=generator, **options_run)
-        x = (sde.positions(result.x) if hasattr(sde, "positions") else result.x).float().cpu()
+        x = sde.positions(result.x).float().cpu()
         if space == "toy":
             outputs.append(x.numpy())
             fraction = 0.0

@@ -18,15 +18,6 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 
-#: Samplers each method's trained model can be evaluated with (SPEC §3, §5, §6).
-SAMPLERS_BY_METHOD = {
-    "gbm": ("sign-agnostic", "dale-langevin"),
-    "vp": ("em", "pc", "ode"),
-    "subvp": ("em", "pc", "ode"),
-    "ve": ("em", "pc", "ode"),
-    "cld": ("sscs",),
-}
-
 
 class ConfigError(ValueError):
     """A benchmark configuration that cannot run; the message names the key."""
@@ -64,16 +55,27 @@ def validate_schema(config: dict, schema: dict | None = None) -> None:
 def check_config(config: dict) -> None:
     """Schema validation plus the cross-field checks; raises ``ConfigError`` naming the key."""
     validate_schema(config)
+    from gbm.methods import get_method, load_method_modules
+
+    try:
+        load_method_modules(config.get("method_modules") or [])
+    except ValueError as error:
+        raise ConfigError(f"config key 'method_modules': {error}") from None
     datasets = set(config["datasets"])
-    for method, spec in config["methods"].items():
-        allowed = SAMPLERS_BY_METHOD[method]
+    for entry, spec in config["methods"].items():
+        where = f"methods.{entry}.method" if "method" in spec else f"methods.{entry}"
+        try:
+            method = get_method(method_name(config, entry), field=where)
+        except ValueError as error:
+            raise ConfigError(f"config key '{where}': {str(error).partition(': ')[2]}") from None
+        allowed = sorted(method.samplers)
         for label, sampler_spec in spec["samplers"].items():
-            key = f"methods.{method}.samplers.{label}"
+            key = f"methods.{entry}.samplers.{label}"
             sampler = sampler_spec.get("sampler", label)
             if sampler not in allowed:
                 where = f"{key}.sampler" if "sampler" in sampler_spec else key
                 raise ConfigError(
-                    f"config key '{where}': unknown sampler {sampler!r} for method {method!r} "
+                    f"config key '{where}': unknown sampler {sampler!r} for method {method.name!r} "
                     f"(allowed: {', '.join(allowed)})"
                 )
             for dataset in sampler_spec.get("dataset_options", {}):
@@ -89,6 +91,7 @@ def with_defaults(config: dict) -> dict:
     """A copy of ``config`` with the schema's defaults filled in (what the rules read)."""
     config = copy.deepcopy(config)
     config.setdefault("data_dir", None)
+    config.setdefault("method_modules", [])
     config.setdefault("threads", 2)
     config.setdefault("mem_mb", 8000)
     runtime = config.setdefault("runtime", {})
@@ -146,6 +149,11 @@ class Evaluation:
         return f"{self.run_dir}/{self.sampler}/steps{self.steps}"
 
 
+def method_name(config: dict, entry: str) -> str:
+    """The registered method behind a ``methods`` entry (the entry's key unless ``method`` is given)."""
+    return config["methods"][entry].get("method", entry)
+
+
 def sampler_name(config: dict, method: str, label: str) -> str:
     """The sampling method behind a sampler label (the label itself unless ``sampler`` is given)."""
     return config["methods"][method]["samplers"][label].get("sampler", label)
@@ -180,7 +188,7 @@ def training_config(config: dict, dataset: str, method: str, seed: int) -> dict:
     return {
         "seed": seed,
         "data": {"path": f"results/data/{dataset}.npz", "split": "train", "limit": config["data_limit"]},
-        "sde": {"name": method, **spec["sde"]},
+        "sde": {"name": method_name(config, method), **spec["sde"]},
         "model": dict(config["model"]),
         "loss": dict(spec["loss"]),
         "train": {**config["train"], **spec["train"]},

@@ -98,7 +98,7 @@ def forward_histograms(data_npz: Path, png: Path, times: list[float], images: in
 
     from gbm.data import load_prepared
     from gbm.pixels import to_positive
-    from gbm.sde import GBM
+    from gbm.methods.gbm import GBM
 
     data = load_prepared(data_npz)
     train = data.images("train")
@@ -129,8 +129,8 @@ def toy_figure(png: Path, paths: int = 64, points: int = 2000, steps: int = 200,
     """2-D toy: positive two-spirals, GBM forward paths (exact solution on a grid), the log-normal end."""
     import torch
 
-    from gbm.sde import GBM
-    from gbm.toy import two_spirals
+    from gbm.methods.gbm import GBM
+    from gbm.data.toy import two_spirals
 
     g = torch.Generator().manual_seed(seed)
     sde = GBM()

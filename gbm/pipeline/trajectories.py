@@ -1,4 +1,4 @@
-"""Reverse-time trajectories of the GBM samplers: snapshots of x along the sampler (SPEC §10).
+"""Reverse-time trajectories of a method's samplers: snapshots of x along the sampler (SPEC §10).
 
 The samplers call the score once per update with the current state, so wrapping the model's score
 function records the trajectory without touching the samplers: the state at every network call is kept
@@ -10,8 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-
-SAMPLERS = ("sign-agnostic", "dale-langevin")
 
 
 def sampler_snapshots(run_dir: Path, sampler: str, steps: int, count: int, images: int, device: str = "auto"):
@@ -48,9 +46,14 @@ def sampler_snapshots(run_dir: Path, sampler: str, steps: int, count: int, image
 
 def trajectory_figures(run_dir: Path, png: Path, steps: int, snapshots: int = 8, images: int = 6,
                        device: str = "auto") -> None:
-    from gbm.pipeline.figures import trajectory_figure
+    import yaml
 
-    frames = {name: sampler_snapshots(run_dir, name, steps, snapshots, images, device) for name in SAMPLERS}
+    from gbm.methods import get_method
+    from gbm.pipeline.figures import trajectory_figure
+    from gbm.runs import RunDir
+
+    method = get_method(yaml.safe_load(RunDir(run_dir).config.read_text())["sde"]["name"])
+    frames = {name: sampler_snapshots(run_dir, name, steps, snapshots, images, device) for name in method.samplers}
     dataset = Path(run_dir).parent.parent.parent.name
-    trajectory_figure(frames, png, title=f"{dataset}: reverse-time trajectories of the GBM samplers "
+    trajectory_figure(frames, png, title=f"{dataset}: reverse-time trajectories of the {method.label} samplers "
                                          f"({steps} steps, exact variant, image i from seed i)")

@@ -12,6 +12,7 @@ sys.path.insert(0, workflow.basedir)
 
 from gbm.pipeline.config import (  # noqa: E402
     check_config,
+    method_name,
     evaluations,
     sampler_name,
     sampler_guidance,
@@ -24,12 +25,26 @@ check_config(config)  # named-key messages: "config key 'methods.vp.samplers.em.
 validate(config, "../schemas/config.schema.yaml", set_default=True)
 config.update(with_defaults(config))
 
+# Extra method modules (config key method_modules) are registered in every job through the environment.
+os.environ["GBM_METHOD_MODULES"] = os.pathsep.join(
+    str(Path(m).resolve()) if m.endswith(".py") else m for m in config["method_modules"]
+)
 EVALUATIONS = list(evaluations(config))
 DATASETS = config["datasets"]
 METHODS = list(config["methods"])
 SEEDS = config["seeds"]
 THREADS = config["threads"]
 NEIGHBOUR_SEED = SEEDS[0]
+
+
+def _shows_trajectories(entry):
+    from gbm.methods import get_method
+
+    return get_method(method_name(config, entry)).trajectory_figure
+
+
+# The reverse-trajectory figure (SPEC §10) of the first method entry whose method declares one.
+TRAJECTORY_ENTRY = next((m for m in METHODS if _shows_trajectories(m)), None)
 
 # Jobs run `gbm` and `python` from the environment Snakemake runs in. Compute jobs use exactly their
 # declared threads and hold one GPU for their command through `python -m gbm.pipeline.devices --` (a lock
@@ -119,7 +134,7 @@ def all_targets():
     targets += [f"results/figures/forward_histograms_{d}.png" for d in DATASETS]
     targets += [f"results/figures/samples/{figure_stem(e)}.png" for e in shown_evaluations()]
     targets += [f"results/figures/neighbours/{figure_stem(e)}.png" for e in shown_evaluations()]
-    if "gbm" in METHODS:
+    if TRAJECTORY_ENTRY is not None:
         targets += [f"results/figures/trajectories_{d}.png" for d in DATASETS]
     targets += [f"results/{d}/{m}/seed{s}/mlflow.json" for d in DATASETS for m in METHODS for s in SEEDS]
     return targets

@@ -91,14 +91,16 @@ rule figure_forward:
 
 rule figure_trajectories:
     input:
-        [f"results/{d}/gbm/seed{NEIGHBOUR_SEED}/run/model.pt" for d in DATASETS],
+        [f"results/{d}/{TRAJECTORY_ENTRY}/seed{NEIGHBOUR_SEED}/run/model.pt" for d in DATASETS],
     output:
         png=[report(p, caption="../report/trajectories.rst", category="Reverse process") for p in TRAJECTORY_FIGURES],
         pdf=pdf(TRAJECTORY_FIGURES),
     params:
-        runs=[f"results/{d}/gbm/seed{NEIGHBOUR_SEED}/run" for d in DATASETS],
+        runs=[f"results/{d}/{TRAJECTORY_ENTRY}/seed{NEIGHBOUR_SEED}/run" for d in DATASETS],
         snapshots=config["figures"]["trajectory_snapshots"],
-        steps=lambda wildcards: max(s for spec in config["methods"]["gbm"]["samplers"].values() for s in spec["steps"]),
+        steps=lambda wildcards: max(
+            s for spec in config["methods"][TRAJECTORY_ENTRY]["samplers"].values() for s in spec["steps"]
+        ),
     log:
         "results/logs/report/figure_trajectories.log",
     benchmark:

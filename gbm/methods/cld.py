@@ -19,10 +19,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gbm.sampling import register_sampler, time_grid
-from gbm.sde import SDE, SDES, ScoreKind, _per_sample
+from gbm.grids import time_grid
+from gbm.losses import uniform_time
+from gbm.methods.base import Method
+from gbm.samplers import times_like
+from gbm.sde import SDE, ScoreKind, per_sample
 from gbm.seeding import Generator, randn, randn_like
-from gbm.toy import GaussianMixture
 
 _CRITICAL_TOLERANCE = 1e-6
 
@@ -119,7 +121,7 @@ class CLD(SDE):
         (ax, av), (sxx, sxv, svv) = self.kernel(torch.as_tensor(t, dtype=torch.float64).cpu())
         root = sxx.sqrt()
         terms = (ax, av, root, sxv / root, (svv - sxv**2 / sxx).sqrt(), svv)
-        return [_per_sample(term.to(like.device), like).to(like.dtype) for term in terms]
+        return [per_sample(term.to(like.device), like).to(like.dtype) for term in terms]
 
     def velocity_noise_scale(self, t: torch.Tensor) -> torch.Tensor:
         """``1 / l_t = sqrt(S_vv - S_xv^2 / S_xx)``: the conditional std of ``v_t`` given ``x_t`` and ``x_0``."""
@@ -189,6 +191,10 @@ class CLD(SDE):
     def velocities(self, u: torch.Tensor) -> torch.Tensor:
         return _split(u)[1]
 
+    def add_stein_term(self, score, state, stein):
+        """Noise enters the velocity only: the declared score takes the velocity half of a state-shaped term."""
+        return score + self.velocities(stein)
+
     def describe(self):
         return super().describe() | {
             "mass_inv": self.mass_inv,
@@ -214,8 +220,7 @@ class HSMLoss:
         self.sde, self.eps = sde, eps
 
     def __call__(self, score_fn, x0, generator: Generator = None):
-        u = torch.rand(x0.shape[0], generator=generator if isinstance(generator, torch.Generator) else None)
-        t = (self.eps + u * (self.sde.T - self.eps)).to(x0.device)
+        t = uniform_time(x0.shape[0], self.eps, self.sde.T, generator).to(x0.device)
         z = randn((x0.shape[0], 2 * x0.shape[1], *x0.shape[2:]), generator).to(x0.device)
         u_t = self.sde.perturb(x0, t, z)
         target = self.sde.conditional_score(x0, t, z)
@@ -224,10 +229,6 @@ class HSMLoss:
 
 
 # --- samplers ---------------------------------------------------------------------------------------------
-
-
-def _times(t: float, u: torch.Tensor) -> torch.Tensor:
-    return torch.full((u.shape[0],), float(t), dtype=u.dtype, device=u.device)
 
 
 def _linear_half_step(sde: CLD, u, h, generator, noise=True):
@@ -244,34 +245,23 @@ def _linear_half_step(sde: CLD, u, h, generator, noise=True):
     return _stack(x, v)
 
 
-def cld_time_grid(sde: CLD, steps: int, grid: str) -> list[float]:
-    """``steps + 1`` times from ``T`` down to the end time: equally spaced (``"uniform"``) or quadratic in the
-    step index (``"quadratic"``, finer near the data end where CLD's velocity score is stiff)."""
-    if grid == "uniform":
-        return time_grid(sde, steps).tolist()
-    if grid == "quadratic":
-        s = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-        return (sde.end_time + (sde.T - sde.end_time) * s**2).tolist()
-    raise ValueError(f"grid: unknown time grid {grid!r}; choose 'uniform' or 'quadratic'")
-
-
 def _denoise(sde: CLD, score_fn, u, t):
     """Noise-free Euler step of the reverse SDE from ``t`` (the end time) to 0."""
-    return u + sde.reverse_drift(u, _times(t, u), score_fn(u, _times(t, u))) * t
+    return u + sde.reverse_drift(u, times_like(t, u), score_fn(u, times_like(t, u))) * t
 
 
-@register_sampler("sscs", "cld")
 def symmetric_splitting(sde, score_fn, u, *, steps, generator=None, grid="quadratic", denoise=True):
     """Symmetric splitting CLD sampler (SSCS, SPEC §6): per step an exact half-step of the linear part,
     a full Euler step ``v += 2 Gamma beta (s + M^-1 v) dt`` of the score part (one network call at the
     midpoint time), another exact half-step; then one noise-free denoising step from the end time to 0.
-    ``grid``: see ``cld_time_grid`` (quadratic by default: far more accurate at low NFE in our GMM tests)."""
-    times = cld_time_grid(sde, steps, grid)
+    ``grid``: a named time grid (``gbm.grids``; quadratic by default: far more accurate at low NFE in our GMM
+    tests)."""
+    times = time_grid(sde, steps, grid).tolist()
     for k in range(steps):
         dt = times[k] - times[k + 1]
         u = _linear_half_step(sde, u, dt / 2, generator)
         x, v = _split(u)
-        s = score_fn(u, _times(times[k] - dt / 2, u))
+        s = score_fn(u, times_like(times[k] - dt / 2, u))
         u = _stack(x, v + 2 * sde.Gamma * sde.beta * (s + sde.mass_inv * v) * dt)
         u = _linear_half_step(sde, u, dt / 2, generator)
     if denoise:
@@ -279,15 +269,14 @@ def symmetric_splitting(sde, score_fn, u, *, steps, generator=None, grid="quadra
     return u, {"denoise": denoise, "grid": grid}
 
 
-@register_sampler("cld-em", "cld")
 def cld_euler_maruyama(sde, score_fn, u, *, steps, generator=None, grid="quadratic", denoise=True):
     """Euler–Maruyama on CLD's reverse SDE (noise on the velocity only); then the same denoising step as
     SSCS, so equal ``steps`` means equal NFE (``steps + 1`` with ``denoise``)."""
-    times = cld_time_grid(sde, steps, grid)
+    times = time_grid(sde, steps, grid).tolist()
     g = math.sqrt(2 * sde.Gamma * sde.beta)
     for k in range(steps):
         t, dt = times[k], times[k] - times[k + 1]
-        tt = _times(t, u)
+        tt = times_like(t, u)
         u = u - sde.reverse_drift(u, tt, score_fn(u, tt)) * dt
         x, v = _split(u)
         u = _stack(x, v + g * math.sqrt(dt) * _split(randn_like(u, generator))[1])
@@ -296,34 +285,12 @@ def cld_euler_maruyama(sde, score_fn, u, *, steps, generator=None, grid="quadrat
     return u, {"denoise": denoise, "grid": grid}
 
 
-# --- exact scores for testing ------------------------------------------------------------------------------
-
-
-def mixture_velocity_score(sde: CLD, mixture: GaussianMixture):
-    """Exact ``grad_v log p_t(u)`` when the data is an isotropic Gaussian mixture (points (N, D)).
-
-    Each component ``N(m_k, s_k^2 I)`` stays Gaussian under CLD: per coordinate, mean
-    ``(a_x m_k, a_v m_k)`` and 2x2 covariance ``Sigma_t + s_k^2 [a_x, a_v]^T [a_x, a_v]``, coordinates
-    independent; the score is the responsibility-weighted sum of the components' velocity scores.
-    """
-
-    def score_fn(u: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        x, v = (part.double() for part in _split(u))  # B, D
-        (ax, av), (sxx, sxv, svv) = (
-            [c[:, None, None].to(u.device) for c in pair] for pair in sde.kernel(t.double().cpu())
-        )  # each B, 1, 1
-        var = (mixture.stds.double() ** 2)[None, :, None]  # 1, K, 1
-        cxx, cxv, cvv = sxx + var * ax**2, sxv + var * ax * av, svv + var * av**2  # B, K, 1
-        det = cxx * cvv - cxv**2
-        means = mixture.means.double()[None]  # 1, K, D
-        dx, dv = x[:, None] - ax * means, v[:, None] - av * means  # B, K, D
-        px, pv = (cvv * dx - cxv * dv) / det, (cxx * dv - cxv * dx) / det  # precision times residual
-        log_comp = mixture.weights.double().log()[None] - 0.5 * (dx * px + dv * pv).sum(-1) \
-            - 0.5 * x.shape[1] * det[..., 0].log()
-        resp = torch.softmax(log_comp, dim=1)  # B, K
-        return -(resp[..., None] * pv).sum(1).to(u.dtype)
-
-    return score_fn
-
-
-SDES["cld"] = CLD
+METHOD = Method(
+    name="cld",
+    label="CLD",
+    sde=CLD,
+    loss=HSMLoss,
+    samplers={"sscs": symmetric_splitting, "cld-em": cld_euler_maruyama},
+    data_space="centered",
+    description="critically-damped Langevin diffusion (Dockhorn, Vahdat, Kreis), implemented from the equations",
+)
