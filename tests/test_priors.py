@@ -19,7 +19,8 @@ from gbm.methods.gbm_priors import (
     prior_mismatch,
 )
 from gbm.sampling import sample
-from gbm.sde import GBM, VESDE, VPSDE
+from gbm.methods.additive import VESDE, VPSDE
+from gbm.methods.gbm import GBM
 from gbm.seeding import PerSampleGenerator
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -26,7 +26,7 @@ from typing import ClassVar, Sequence
 
 import torch
 
-from gbm.sde import GBM, SDE, check_positive
+from gbm.sde import SDE
 from gbm.seeding import Generator, randn
 
 CHUNK = 4096  # images per float64 chunk when accumulating moments: no full-size double copy of the data
@@ -41,14 +41,23 @@ AUTHORS_CONSTANTS: dict[str, dict[str, list[float]]] = {
 }
 
 
-def _check_gbm(sde: SDE) -> GBM:
+def _check_gbm(sde: SDE) -> SDE:
+    """``sde`` if it is GBM's SDE (a prior for another method is an error naming ``prior``)."""
+    from gbm.methods.gbm import GBM  # gbm.methods.gbm declares these priors: imported late, not circularly
+
     if not isinstance(sde, GBM):
         raise ValueError(f"prior: the GBM priors apply to the 'gbm' SDE only, not to {sde.name!r} "
                          "(the additive SDEs start from their fixed Gaussian prior)")
     return sde
 
 
-def _kernel_variance(sde: GBM) -> float:
+def _check_positive(x0: torch.Tensor) -> None:
+    from gbm.methods.gbm import check_positive
+
+    check_positive(x0, "prior fit data")
+
+
+def _kernel_variance(sde) -> float:
     """``sigma^2 T``: the variance the forward kernel adds to each ``log x`` by time ``T`` (SPEC §1)."""
     return sde.sigma**2 * sde.T
 
@@ -67,7 +76,7 @@ def log_data_moments(x0: torch.Tensor, *, covariance: bool = True) -> dict:
     Summed chunk by chunk around a shift (the first chunk's mean), so no float64 copy of the whole data is
     made and the one-pass formula does not cancel. ``covariance=False`` returns per-coordinate variances.
     """
-    check_positive(x0, "prior fit data")
+    _check_positive(x0)
     n = x0.shape[0]
     if n < 2:
         raise ValueError(f"prior fit data: need at least 2 training items, got {n}")
@@ -264,7 +273,7 @@ class ClassMeanPrior(Prior):
     def fit(self, sde, x0, labels=None, **options):
         _check_gbm(sde)
         _no_options(self.name, options)
-        check_positive(x0, "prior fit data")
+        _check_positive(x0)
         if labels is None or labels.shape != (len(x0),):
             raise ValueError("data labels: the 'class-mean' prior needs one class label per training image")
         classes = labels.unique()
@@ -345,7 +354,7 @@ def frechet_distance(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Te
     return float((mean_a - mean_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
 
 
-def gbm_marginal_log_moments(sde: GBM, held_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gbm_marginal_log_moments(sde, held_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and covariance of ``log x_T`` for held-out images pushed through the GBM kernel (SPEC §1):
     ``E log x_0 + (mu - sigma^2/2) T`` and ``Cov(log x_0) + sigma^2 T I`` (the kernel's noise in closed form)."""
     moments = log_data_moments(held_out)
@@ -373,7 +382,7 @@ def additive_prior_mismatch(sde: SDE, held_out: torch.Tensor) -> dict:
     """The same diagnostic for an additive SDE (SPEC §5): its Gaussian prior (VP, sub-VP ``N(0, I)``; VE
     ``N(0, sigma_max^2 I)``) against p_T of held-out data in the SDE's own data space,
     ``N(alpha E x_0, alpha^2 Cov x_0 + std(T)^2 I)``."""
-    if isinstance(sde, GBM) or not hasattr(sde, "mean_coeff_std"):
+    if not hasattr(sde, "mean_coeff_std"):
         raise ValueError(f"sde: additive_prior_mismatch takes VP, sub-VP or VE, not {sde.name!r}")
     alpha, std = (float(v) for v in sde.mean_coeff_std(torch.tensor(float(sde.T), dtype=torch.float64)))
     flat = held_out.reshape(len(held_out), -1).double()
