@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gbm.methods.gbm import GBM
 from gbm.methods.gbm_priors import get_prior, log_data_moments, prior_mismatch
 from gbm.pixels import to_positive
 from gbm.runs import environment_record
-from gbm.sde import GBM
 from gbm.seeding import PerSampleGenerator
 
 
