@@ -29,6 +29,7 @@ import torch
 from gbm.sde import SDE
 from gbm.seeding import Generator, randn
 
+FULL_COVARIANCE_LIMIT = 4096  # largest dimension fitted with a full covariance (CIFAR-10: 3,072); see fit
 CHUNK = 4096  # images per float64 chunk when accumulating moments: no full-size double copy of the data
 
 # The authors' hard-coded prior constants ``x_T = exp(m + s z)`` per channel (SPEC §1), set for their
@@ -99,16 +100,25 @@ class Prior:
 
     name: ClassVar[str]
     paper: ClassVar[bool]  # the paper's method (True) or this project's extension / an ablation (False)
+    needs_dataset: ClassVar[bool] = False  # ``fit`` takes ``dataset=`` (the prepared dataset's name)
 
     def fit(self, sde: SDE, x0: torch.Tensor, labels: torch.Tensor | None = None, **options) -> dict:
         raise NotImplementedError
 
     def sample(self, sde: SDE, stats: dict, shape: Sequence[int], generator: Generator = None,
-               device="cpu") -> torch.Tensor:
+               device="cpu", **options) -> torch.Tensor:
         raise NotImplementedError
 
-    def log_moments(self, sde: SDE, stats: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def log_moments(self, sde: SDE, stats: dict, **options) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def check_options(self, stats: dict, options: dict) -> None:
+        """Refuse sampling options the prior does not take (``--prior-option``), naming them."""
+        _no_options(self.name, options)
+
+    def stats_from_record(self, record: dict) -> dict | None:
+        """Statistics recoverable from a ``model.pt`` record without a fit (older models); None if not."""
+        return None
 
     def check_stats(self, stats: dict, shape: Sequence[int]) -> None:
         """Refuse statistics of another prior or another data shape, naming the prior."""
@@ -150,17 +160,30 @@ class IIDPrior(Prior):
         return {"prior": self.name, "shape": list(x0.shape[1:]), "n": moments["n"],
                 "log_mean": channel_mean.tolist(), "log_var": channel_var.tolist()}
 
+    def stats_from_record(self, record):
+        """The data's log-moments behind the SDE's fitted ``prior_log_mean``/``prior_log_std`` (``GBM.with_prior_from_data``)."""
+        params = record["sde"]["params"]
+        if record["sde"]["name"] != "gbm" or params.get("prior_log_std") is None:
+            return None
+        sde = _check_gbm(_sde_from_params(params))
+        m, s = (torch.tensor(params[k], dtype=torch.float64).reshape(-1) for k in ("prior_log_mean", "prior_log_std"))
+        return {"prior": self.name, "shape": list(record["data"]["shape"]), "n": record["data"].get("n_train"),
+                "log_mean": (m - sde.log_drift * sde.T).tolist(),
+                "log_var": (s**2 - _kernel_variance(sde)).tolist(), "from": "sde record"}
+
     def _m_s(self, sde, stats):
         m = torch.tensor(stats["log_mean"], dtype=torch.float64) + sde.log_drift * sde.T
         s = (torch.tensor(stats["log_var"], dtype=torch.float64) + _kernel_variance(sde)).sqrt()
         return m, s
 
-    def sample(self, sde, stats, shape, generator=None, device="cpu"):
+    def sample(self, sde, stats, shape, generator=None, device="cpu", **options):
         sde = _check_gbm(sde)
         self.check_stats(stats, shape[1:])
+        self.check_options(stats, options)
         return _per_channel_lognormal(stats, *self._m_s(sde, stats), shape, generator, device)
 
-    def log_moments(self, sde, stats):
+    def log_moments(self, sde, stats, **options):
+        self.check_options(stats, options)
         m, s = self._m_s(_check_gbm(sde), stats)
         channel = _channel_index(stats["shape"])
         return m[channel], torch.diag(s[channel] ** 2)
@@ -176,6 +199,7 @@ class AuthorsPrior(Prior):
 
     name: ClassVar[str] = "authors"
     paper: ClassVar[bool] = False
+    needs_dataset: ClassVar[bool] = True
 
     def fit(self, sde, x0, labels=None, dataset: str | None = None, **options):
         _check_gbm(sde)
@@ -191,14 +215,16 @@ class AuthorsPrior(Prior):
         return {"prior": self.name, "shape": list(x0.shape[1:]), "dataset": dataset,
                 "log_mean": list(constants["log_mean"]), "log_std": list(constants["log_std"])}
 
-    def sample(self, sde, stats, shape, generator=None, device="cpu"):
+    def sample(self, sde, stats, shape, generator=None, device="cpu", **options):
         _check_gbm(sde)
         self.check_stats(stats, shape[1:])
+        self.check_options(stats, options)
         m = torch.tensor(stats["log_mean"], dtype=torch.float64)
         s = torch.tensor(stats["log_std"], dtype=torch.float64)
         return _per_channel_lognormal(stats, m, s, shape, generator, device)
 
-    def log_moments(self, sde, stats):
+    def log_moments(self, sde, stats, **options):
+        self.check_options(stats, options)
         channel = _channel_index(stats["shape"])
         m = torch.tensor(stats["log_mean"], dtype=torch.float64)[channel]
         return m, torch.diag(torch.tensor(stats["log_std"], dtype=torch.float64)[channel] ** 2)
@@ -223,21 +249,43 @@ class CorrelatedPrior(Prior):
         _no_options(self.name, options)
         dim = math.prod(x0.shape[1:])
         check_rank(rank, dim)
+        if dim > FULL_COVARIANCE_LIMIT:
+            raise ValueError(f"prior 'correlated': dimension {dim} exceeds {FULL_COVARIANCE_LIMIT}; the fit holds a "
+                             f"D x D float64 covariance ({dim**2 * 8 / 2**30:.1f} GiB) and its eigendecomposition")
         moments = log_data_moments(x0)
         eigenvalues, eigenvectors = torch.linalg.eigh(moments["cov"])
-        eigenvalues = eigenvalues.flip(0).clamp_min(0)  # largest first; round-off negatives are zero variance
-        eigenvectors = eigenvectors.flip(1)
-        stats = {"prior": self.name, "shape": list(x0.shape[1:]), "n": moments["n"], "rank": rank,
-                 "log_mean": moments["mean"]}
-        if rank is None:
-            return stats | {"eigenvalues": eigenvalues, "eigenvectors": eigenvectors}
-        top_values, top_vectors = eigenvalues[:rank], eigenvectors[:, :rank].contiguous()
-        residual = (moments["cov"].diagonal() - (top_vectors**2) @ top_values).clamp_min(0)
-        return stats | {"eigenvalues": top_values, "eigenvectors": top_vectors, "residual_var": residual}
+        del moments["cov"]
+        stats = {"prior": self.name, "shape": list(x0.shape[1:]), "n": moments["n"], "rank": None,
+                 "log_mean": moments["mean"],
+                 "eigenvalues": eigenvalues.flip(0).clamp_min(0),  # largest first; round-off negatives are 0
+                 "eigenvectors": eigenvectors.flip(1)}
+        return stats if rank is None else self.truncate(stats, rank)
 
-    def sample(self, sde, stats, shape, generator=None, device="cpu"):
+    def truncate(self, stats: dict, rank: int) -> dict:
+        """The low-rank plus diagonal form of rank ``rank`` from statistics of a higher rank (or full)."""
+        check_rank(rank, math.prod(stats["shape"]), stats["rank"])
+        values, vectors = stats["eigenvalues"], stats["eigenvectors"]
+        variances = (vectors**2) @ values + (0 if stats["rank"] is None else stats["residual_var"])
+        top_values, top_vectors = values[:rank], vectors[:, :rank].contiguous()
+        residual = (variances - (top_vectors**2) @ top_values).clamp_min(0)
+        return stats | {"rank": rank, "eigenvalues": top_values, "eigenvectors": top_vectors, "residual_var": residual}
+
+    def check_options(self, stats, options):
+        unknown = sorted(set(options) - {"rank"})
+        if unknown:
+            raise ValueError(f"--prior-option: {unknown} not understood by the 'correlated' prior (it takes rank)")
+        if options.get("rank") is not None:
+            check_rank(options["rank"], math.prod(stats["shape"]), stats["rank"])
+
+    def _form(self, stats, options):
+        self.check_options(stats, options)
+        rank = options.get("rank")
+        return stats if rank is None or rank == stats["rank"] else self.truncate(stats, rank)
+
+    def sample(self, sde, stats, shape, generator=None, device="cpu", **options):
         sde = _check_gbm(sde)
         self.check_stats(stats, shape[1:])
+        stats = self._form(stats, options)
         n, kernel = shape[0], _kernel_variance(sde)
         z = randn(shape, generator).to(torch.float64).reshape(n, -1)
         vectors = stats["eigenvectors"].to(torch.float64)
@@ -249,8 +297,9 @@ class CorrelatedPrior(Prior):
         y = y + stats["log_mean"] + sde.log_drift * sde.T
         return y.exp().reshape(tuple(shape)).float().to(device)
 
-    def log_moments(self, sde, stats):
+    def log_moments(self, sde, stats, **options):
         sde = _check_gbm(sde)
+        stats = self._form(stats, options)
         vectors = stats["eigenvectors"].to(torch.float64)
         cov = (vectors * stats["eigenvalues"]) @ vectors.T
         if stats["rank"] is not None:
@@ -288,9 +337,10 @@ class ClassMeanPrior(Prior):
         cumulative = torch.tensor(stats["frequencies"], dtype=torch.float64).cumsum(0)
         return torch.searchsorted(cumulative, u.double().contiguous(), right=True).clamp_max(len(cumulative) - 1)
 
-    def sample(self, sde, stats, shape, generator=None, device="cpu"):
+    def sample(self, sde, stats, shape, generator=None, device="cpu", **options):
         sde = _check_gbm(sde)
         self.check_stats(stats, shape[1:])
+        self.check_options(stats, options)
         n = shape[0]
         z = randn(shape, generator).to(torch.float64).reshape(n, -1)
         u = torch.special.ndtr(randn((n, 1), generator).to(torch.float64))[:, 0]
@@ -298,7 +348,8 @@ class ClassMeanPrior(Prior):
         y = log_means + sde.log_drift * sde.T + math.sqrt(_kernel_variance(sde)) * z
         return y.exp().reshape(tuple(shape)).float().to(device)
 
-    def log_moments(self, sde, stats):
+    def log_moments(self, sde, stats, **options):
+        self.check_options(stats, options)
         sde = _check_gbm(sde)
         weights = torch.tensor(stats["frequencies"], dtype=torch.float64)
         log_means = stats["class_means"].to(torch.float64).log()
@@ -320,13 +371,22 @@ def _no_options(name: str, options: dict) -> None:
         raise ValueError(f"prior options: {sorted(options)} not understood by the {name!r} prior")
 
 
-def check_rank(rank, dim: int) -> None:
-    """A low-rank prior's rank is ``None`` (full covariance) or an integer in ``[1, dim)``; else an error naming it."""
+def check_rank(rank, dim: int, fitted_rank: int | None = None) -> None:
+    """A low-rank prior's rank is ``None`` (full covariance) or an integer in ``[1, dim)`` (at most the rank
+    the statistics were fitted with); anything else is an error naming it."""
     if rank is None:
         return
     if isinstance(rank, bool) or not isinstance(rank, int) or not 0 < rank < dim:
         raise ValueError(f"prior option 'rank': must be a positive integer below the dimension {dim} "
                          f"(or absent for the full covariance), got {rank!r}")
+    if fitted_rank is not None and rank > fitted_rank:
+        raise ValueError(f"prior option 'rank': {rank} exceeds the rank {fitted_rank} the statistics were fitted with")
+
+
+def _sde_from_params(params: dict):
+    from gbm.methods.gbm import GBM
+
+    return GBM(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
 
 
 PRIORS: dict[str, Prior] = {p.name: p for p in (IIDPrior(), CorrelatedPrior(), ClassMeanPrior(), AuthorsPrior())}
