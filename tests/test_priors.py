@@ -238,6 +238,8 @@ def test_bad_prior_input_is_an_error_naming_the_field():
         ClassMeanPrior().fit(SDE_, x0)
     with pytest.raises(ValueError, match="--prior correlated: the statistics given are for prior 'iid'"):
         CorrelatedPrior().sample(SDE_, IIDPrior().fit(SDE_, x0), (2, 4))
+    with pytest.raises(ValueError, match="prior fit data: GBM priors need strictly positive"):
+        CorrelatedPrior().fit(SDE_, x0 - 1.5)
     with pytest.raises(ValueError, match="prior options: \\['rank'\\] not understood by the 'iid' prior"):
         IIDPrior().fit(SDE_, x0, rank=2)
 

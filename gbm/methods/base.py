@@ -77,7 +77,7 @@ class Method:
         if not self.priors:
             if name is not None:
                 raise ValueError(f"{field}: method {self.name!r} has one fixed prior (the SDE's own); "
-                                 f"named priors exist for {', '.join(m for m in _methods_with_priors())}")
+                                 "named priors belong to methods that declare them (GBM)")
             return None
         name = self.default_prior if name is None else name
         if name not in self.priors:
@@ -156,12 +156,6 @@ def prior_stats(method: Method, prior, record: dict) -> dict:
     if "unavailable" in stats:
         raise ValueError(f"--prior {prior.name}: not available for this model: {stats['unavailable']}")
     return stats
-
-
-def _methods_with_priors() -> list[str]:
-    from gbm.methods import registered
-
-    return sorted(name for name, method in registered().items() if method.priors) or ["none"]
 
 
 def keyword_options(fn: Callable) -> set[str]:

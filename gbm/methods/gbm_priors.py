@@ -44,18 +44,19 @@ AUTHORS_CONSTANTS: dict[str, dict[str, list[float]]] = {
 
 def _check_gbm(sde: SDE) -> SDE:
     """``sde`` if it is GBM's SDE (a prior for another method is an error naming ``prior``)."""
-    from gbm.methods.gbm import GBM  # gbm.methods.gbm declares these priors: imported late, not circularly
-
-    if not isinstance(sde, GBM):
+    if getattr(sde, "name", None) != "gbm":
         raise ValueError(f"prior: the GBM priors apply to the 'gbm' SDE only, not to {sde.name!r} "
                          "(the additive SDEs start from their fixed Gaussian prior)")
     return sde
 
 
-def _check_positive(x0: torch.Tensor) -> None:
-    from gbm.methods.gbm import check_positive
-
-    check_positive(x0, "prior fit data")
+def _log(x: torch.Tensor) -> torch.Tensor:
+    """``log x`` in float64, refusing data that is not strictly positive and finite (GBM's data, SPEC §1)."""
+    y = x.double().log()
+    if not torch.isfinite(y).all():
+        raise ValueError("prior fit data: GBM priors need strictly positive, finite values "
+                         "(images shifted into [1, 2] with gbm.pixels.to_positive)")
+    return y
 
 
 def _kernel_variance(sde) -> float:
@@ -77,16 +78,15 @@ def log_data_moments(x0: torch.Tensor, *, covariance: bool = True) -> dict:
     Summed chunk by chunk around a shift (the first chunk's mean), so no float64 copy of the whole data is
     made and the one-pass formula does not cancel. ``covariance=False`` returns per-coordinate variances.
     """
-    _check_positive(x0)
     n = x0.shape[0]
     if n < 2:
         raise ValueError(f"prior fit data: need at least 2 training items, got {n}")
     flat = x0.reshape(n, -1)
-    shift = flat[:CHUNK].double().log().mean(dim=0)
+    shift = _log(flat[:CHUNK]).mean(dim=0)
     total = torch.zeros_like(shift)
     second = torch.zeros(shift.numel(), shift.numel(), dtype=torch.float64) if covariance else torch.zeros_like(shift)
     for chunk in flat.split(CHUNK):
-        centred = chunk.double().log() - shift
+        centred = _log(chunk) - shift
         total += centred.sum(dim=0)
         second += centred.T @ centred if covariance else centred.pow(2).sum(dim=0)
     mean = total / n
@@ -165,11 +165,11 @@ class IIDPrior(Prior):
         params = record["sde"]["params"]
         if record["sde"]["name"] != "gbm" or params.get("prior_log_std") is None:
             return None
-        sde = _check_gbm(_sde_from_params(params))
         m, s = (torch.tensor(params[k], dtype=torch.float64).reshape(-1) for k in ("prior_log_mean", "prior_log_std"))
+        sigma, T = params["sigma"], params["T"]
         return {"prior": self.name, "shape": list(record["data"]["shape"]), "n": record["data"].get("n_train"),
-                "log_mean": (m - sde.log_drift * sde.T).tolist(),
-                "log_var": (s**2 - _kernel_variance(sde)).tolist(), "from": "sde record"}
+                "log_mean": (m - (params["mu"] - sigma**2 / 2) * T).tolist(),
+                "log_var": (s**2 - sigma**2 * T).tolist(), "from": "sde record"}
 
     def _m_s(self, sde, stats):
         m = torch.tensor(stats["log_mean"], dtype=torch.float64) + sde.log_drift * sde.T
@@ -322,12 +322,12 @@ class ClassMeanPrior(Prior):
     def fit(self, sde, x0, labels=None, **options):
         _check_gbm(sde)
         _no_options(self.name, options)
-        _check_positive(x0)
         if labels is None or labels.shape != (len(x0),):
             raise ValueError("data labels: the 'class-mean' prior needs one class label per training image")
         classes = labels.unique()
         flat = x0.reshape(len(x0), -1)
         means = torch.stack([_chunked_mean(flat[labels == c]) for c in classes])
+        _log(means)
         counts = torch.stack([(labels == c).sum() for c in classes])
         return {"prior": self.name, "shape": list(x0.shape[1:]), "classes": classes.tolist(),
                 "frequencies": (counts.double() / counts.sum()).tolist(), "class_means": means}
@@ -381,12 +381,6 @@ def check_rank(rank, dim: int, fitted_rank: int | None = None) -> None:
                          f"(or absent for the full covariance), got {rank!r}")
     if fitted_rank is not None and rank > fitted_rank:
         raise ValueError(f"prior option 'rank': {rank} exceeds the rank {fitted_rank} the statistics were fitted with")
-
-
-def _sde_from_params(params: dict):
-    from gbm.methods.gbm import GBM
-
-    return GBM(**{k: tuple(v) if isinstance(v, list) else v for k, v in params.items()})
 
 
 PRIORS: dict[str, Prior] = {p.name: p for p in (IIDPrior(), CorrelatedPrior(), ClassMeanPrior(), AuthorsPrior())}
