@@ -33,24 +33,37 @@ def dry_run_counts(tmp_path: Path, configfile: Path | None = None) -> dict[str, 
 
 def test_default_benchmark_dag_has_one_model_per_dataset_method_seed(tmp_path):
     counts = dry_run_counts(tmp_path)
-    # 2 datasets x (gbm, vp) x 1 seed; gbm: 2 samplers x 2 step counts, vp: em x 2 step counts.
+    # 2 datasets x (gbm, vp) x 1 seed; gbm: 2 samplers x 2 step counts from the iid prior and 2 samplers x
+    # 1 step count from the correlated prior, vp: em x 2 step counts.
     assert counts == {
-        "prepare_data": 2, "floor": 2, "train": 4, "sample": 12, "score": 12, "neighbours": 6, "track": 4,
+        "prepare_data": 2, "floor": 2, "train": 4, "sample": 16, "score": 16, "neighbours": 10, "track": 4,
         "aggregate": 1, "tables": 1, "figure_samples": 1, "figure_neighbours": 1, "figure_forward": 1,
         "figure_trajectories": 1, "figure_toy": 1, "figure_nfe": 1, "figure_loss": 1, "timing": 1, "all": 1,
-        "total": 53,
+        "total": 65,
     }
 
 
 def test_paper_dag_covers_three_datasets_every_method_three_seeds(tmp_path):
     counts = dry_run_counts(tmp_path, REPO / "config" / "paper.yaml")
-    # 3 datasets x 5 methods x 3 seeds = 45 models; per dataset and seed 8 + 1 guided GBM, 3 x 5 + 1 guided
-    # additive and 3 CLD evaluations = 28, so 252 sample and score jobs.
+    # 3 datasets x 5 methods x 3 seeds = 45 models; per dataset and seed 8 + 4 other-prior + 1 guided GBM,
+    # 3 x 5 + 1 guided additive and 3 CLD evaluations = 32, so 288 sample and score jobs.
     assert counts["prepare_data"] == 3
     assert counts["train"] == 45
-    assert counts["sample"] == counts["score"] == 252
+    assert counts["sample"] == counts["score"] == 288
     assert counts["track"] == 45
-    assert counts["neighbours"] == 3 * (5 + 4 + 3 + 3 + 1)
+    assert counts["neighbours"] == 3 * (9 + 4 + 3 + 3 + 1)
+
+
+def test_prior_rows_pass_their_prior_to_gbm_sample(tmp_path):
+    target = "results/mnist/gbm/seed0/dale-langevin-correlated/steps100/samples.npz"
+    out = subprocess.run(SNAKEMAKE + ["-n", "-p", "--directory", str(tmp_path), target],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr + out.stdout
+    command = next(line for line in out.stdout.splitlines() if "gbm sample" in line)
+    assert "--sampler dale-langevin" in command and "--prior correlated" in command
+    config = edit(good_config(), "methods.gbm.samplers.dale-langevin-low",
+                  {"sampler": "dale-langevin", "prior": "correlated", "prior_options": {"rank": 8}, "steps": [2]})
+    check_config(config)
 
 
 def test_guided_paper_rows_pass_the_guidance_and_the_train_split_bank_to_gbm_sample(tmp_path):
@@ -104,6 +117,10 @@ BAD_CONFIGS = [
     ("model.size", "huge", "model.size"),
     ("evaluation.n_samples", KeyError, "evaluation"),
     ("evaluaton", {}, "evaluaton"),
+    ("methods.vp.samplers.em.prior", "correlated", "methods.vp.samplers.em.prior"),
+    ("methods.gbm.samplers.dale-langevin.prior", "gaussian", "methods.gbm.samplers.dale-langevin.prior"),
+    ("methods.gbm.samplers.dale-langevin.prior_options", {"rank": 0},
+     "methods.gbm.samplers.dale-langevin.prior_options.rank"),
 ]
 
 

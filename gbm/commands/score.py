@@ -44,6 +44,23 @@ def metric_options(args: argparse.Namespace) -> dict:
                 sid=not args.no_sid)
 
 
+def sample_provenance(fake: str) -> dict | None:
+    """How a ``gbm sample`` file was drawn (sampler, steps, prior), from its ``meta``; None for other inputs."""
+    import numpy as np
+
+    if not fake.endswith(".npz"):
+        return None
+    with np.load(fake) as arrays:
+        if "meta" not in arrays or "seeds" not in arrays:
+            return None
+        meta = json.loads(str(arrays["meta"]))
+    return {key: meta.get(key) for key in ("sampler", "steps", "nfe", "prior", "prior_options")}
+
+
 def run(args: argparse.Namespace) -> int:
-    emit(score(args.real, args.fake, n=args.n, real_split=args.real_split, **metric_options(args)), args.out)
+    result = score(args.real, args.fake, n=args.n, real_split=args.real_split, **metric_options(args))
+    provenance = sample_provenance(args.fake)
+    if provenance is not None:
+        result["samples"] = provenance
+    emit(result, args.out)
     return 0

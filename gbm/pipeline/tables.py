@@ -16,6 +16,10 @@ import pandas as pd
 from gbm.data.atomic import write_text_atomic
 
 GROUP = ["dataset", "method", "sampler", "steps"]
+PRIOR_NOTE = ("Prior: the start distribution x_T; for GBM 'iid' is the paper's per-channel log-normal, "
+              "'correlated' (log-Gaussian with the data's full covariance) this project's extension, "
+              "'class-mean' and 'authors' the authors' class-averaged start and hard-coded constants; "
+              "'fixed' is an additive SDE's own Gaussian prior.")
 GUIDANCE_MARK = "†"
 GUIDANCE_NOTE = f"{GUIDANCE_MARK} closed-form kernel discriminator guidance, a reconstruction (SPEC §7), not the authors' recipe."
 
@@ -49,6 +53,7 @@ def evaluation_row(metrics_path: Path) -> dict:
         "sampler": eval_dir.parent.name,
         "sampler_method": _pick(stats, "sampler", default=eval_dir.parent.name),
         "guided": bool(stats.get("guidance")),
+        "prior": _prior_label(stats),
         "steps": int(eval_dir.name.removeprefix("steps")),
         "nfe": _pick(stats, "nfe", "meta.nfe"),
         "n": _pick(metrics, "n_fake", "n", "counts.fake", "num_fake", "n_samples"),
@@ -67,6 +72,15 @@ def evaluation_row(metrics_path: Path) -> dict:
         "score_wall_s": _pick(metrics, "wall_time_s", "wall_time", "wall_s"),
         "path": str(eval_dir),
     }
+
+
+def _prior_label(stats: dict) -> str:
+    """The start distribution of a sample file: its prior, with a low rank as ``correlated (rank 64)``."""
+    prior = stats.get("prior")
+    if prior is None:
+        return "n/a"  # samples.json from before named priors
+    rank = (stats.get("prior_options") or {}).get("rank")
+    return f"{prior} (rank {rank})" if rank else prior
 
 
 def aggregate(metrics_paths: list[Path]) -> pd.DataFrame:
@@ -92,6 +106,7 @@ def benchmark_table(runs: pd.DataFrame) -> pd.DataFrame:
         rows.append(dict(zip(GROUP, key), nfe=group["nfe"].dropna().mean() if group["nfe"].notna().any() else math.nan,
                          n=group["n"].iloc[0], reference_split=group["reference_split"].iloc[0],
                          guided=bool(group["guided"].any()) if "guided" in group else False,
+                         prior=", ".join(sorted(set(group["prior"]))) if "prior" in group else "n/a",
                          seeds=len(group), fid_mean=fid_mean, fid_std=fid_std, kid_mean=kid_mean, kid_std=kid_std))
     return pd.DataFrame(rows)
 
@@ -126,6 +141,7 @@ def _display(table: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
         "Dataset": table["dataset"],
         "Method": table["method"],
         "Sampler": [f"{s} + guidance{GUIDANCE_MARK}" if g else s for s, g in zip(table["sampler"], table["guided"])],
+        "Prior": table["prior"],
         "Steps": table["steps"].astype(int),
         "NFE": table["nfe"].map(lambda v: "n/a" if pd.isna(v) else f"{v:.0f}"),
         "N": table["n"].map(lambda v: "n/a" if pd.isna(v) else f"{int(v)}"),
@@ -159,7 +175,7 @@ def latex(table: pd.DataFrame, caption: str, label: str) -> str:
         return text
 
     lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{cell(caption)}}}", rf"\label{{{label}}}",
-             r"\begin{tabular}{" + "l" * 3 + "r" * (len(table.columns) - 3) + "}", r"\toprule",
+             r"\begin{tabular}{" + "l" * 4 + "r" * (len(table.columns) - 4) + "}", r"\toprule",
              " & ".join(cell(c) for c in table.columns) + r" \\", r"\midrule"]
     lines += [" & ".join(cell(v) for v in row) + r" \\" for row in table.itertuples(index=False)]
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
@@ -173,6 +189,7 @@ def write_tables(runs: pd.DataFrame, floor: pd.DataFrame, out_dir: Path, name: s
     n = ", ".join(sorted({str(int(v)) for v in table["n"].dropna()})) or "n/a"
     caption = (f"Benchmark '{name}': FID and KID (mean ± std over training seeds) with N = {n} samples per "
                f"sampler against the reference split; TF-Inception pool3 features.")
+    caption += " " + PRIOR_NOTE
     if table["guided"].any():
         caption += " " + GUIDANCE_NOTE
     floor_caption = f"Real-vs-real floor (benchmark '{name}'): the same N and feature extractor."

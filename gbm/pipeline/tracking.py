@@ -152,7 +152,9 @@ def evaluation_record(eval_dir: Path, parent: Record, config_name: str) -> Recor
     flat: dict = {}
     _flatten("", _read_json(eval_dir / "metrics.json"), flat)
     sample_stats: dict = {}
-    _flatten("", _read_json(eval_dir / "samples.json"), sample_stats)
+    samples = _read_json(eval_dir / "samples.json")
+    _flatten("", samples, sample_stats)
+    tags["prior"] = str(samples.get("prior", "n/a"))  # the start distribution x_T (gbm sample --prior)
     metrics = _numeric(flat)
     metrics.update({f"sample.{k}": v for k, v in _numeric(sample_stats).items()})
     params = {k: str(v)[:500] for k, v in sample_stats.items()

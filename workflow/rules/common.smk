@@ -17,6 +17,7 @@ from gbm.pipeline.config import (  # noqa: E402
     sampler_name,
     sampler_guidance,
     sampler_options,
+    sampler_prior,
     training_overrides,
     with_defaults,
 )
@@ -77,6 +78,11 @@ def sample_args(wildcards):
             args += [f"--{key.replace('_', '-')}", str(value)]
         else:
             args += ["--option", f"{key}={value}"]
+    prior, prior_options = sampler_prior(config, wildcards.method, wildcards.sampler)
+    if prior is not None:
+        args += ["--prior", prior]
+    for key, value in prior_options.items():
+        args += ["--prior-option", f"{key}={value}"]
     guidance = sampler_guidance(config, wildcards.method, wildcards.sampler)
     if guidance is not None:
         args += ["--guidance-data", f"results/data/{wildcards.dataset}.npz:train"]
