@@ -38,8 +38,8 @@ def test_default_benchmark_dag_has_one_model_per_dataset_method_seed(tmp_path):
     assert counts == {
         "prepare_data": 2, "floor": 2, "train": 4, "sample": 16, "score": 16, "neighbours": 10, "track": 4,
         "aggregate": 1, "tables": 1, "figure_samples": 1, "figure_neighbours": 1, "figure_forward": 1,
-        "figure_trajectories": 1, "figure_toy": 1, "figure_nfe": 1, "figure_loss": 1, "timing": 1, "all": 1,
-        "total": 65,
+        "figure_trajectories": 1, "figure_toy": 1, "figure_nfe": 1, "figure_loss": 1, "timing": 1,
+        "prior_mismatch": 1, "all": 1, "total": 66,
     }
 
 

@@ -408,16 +408,17 @@ def frechet_distance(mean_a: torch.Tensor, cov_a: torch.Tensor, mean_b: torch.Te
     return float((mean_a - mean_b).pow(2).sum() + cov_a.trace() + cov_b.trace() - 2 * cross)
 
 
-def gbm_marginal_log_moments(sde, held_out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def gbm_marginal_log_moments(sde, held_out: torch.Tensor | dict) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and covariance of ``log x_T`` for held-out images pushed through the GBM kernel (SPEC §1):
-    ``E log x_0 + (mu - sigma^2/2) T`` and ``Cov(log x_0) + sigma^2 T I`` (the kernel's noise in closed form)."""
-    moments = log_data_moments(held_out)
+    ``E log x_0 + (mu - sigma^2/2) T`` and ``Cov(log x_0) + sigma^2 T I`` (the kernel's noise in closed form).
+    ``held_out``: the images, or their ``log_data_moments`` (reused across ``sigma^2 T``)."""
+    moments = held_out if isinstance(held_out, dict) else log_data_moments(held_out)
     dim = len(moments["mean"])
     return (moments["mean"] + sde.log_drift * sde.T,
             moments["cov"] + _kernel_variance(sde) * torch.eye(dim, dtype=torch.float64))
 
 
-def prior_mismatch(sde: SDE, prior: Prior, stats: dict, held_out: torch.Tensor) -> dict:
+def prior_mismatch(sde: SDE, prior: Prior, stats: dict, held_out: torch.Tensor | dict, **options) -> dict:
     """How far a GBM prior is from p_T in log space: the Fréchet distance between the prior's log-moments
     and those of held-out images pushed to ``T``, and that distance over ``tr Cov(log x_T)`` (scale-free).
 
@@ -426,7 +427,7 @@ def prior_mismatch(sde: SDE, prior: Prior, stats: dict, held_out: torch.Tensor) 
     """
     sde = _check_gbm(sde)
     target_mean, target_cov = gbm_marginal_log_moments(sde, held_out)
-    mean, cov = prior.log_moments(sde, stats)
+    mean, cov = prior.log_moments(sde, stats, **options)
     distance = frechet_distance(mean, cov, target_mean, target_cov)
     return {"sde": "gbm", "prior": prior.name, "space": "log x", "sigma2_T": _kernel_variance(sde),
             "frechet": distance, "relative_frechet": distance / float(target_cov.trace())}

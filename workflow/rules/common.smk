@@ -128,9 +128,14 @@ TRAJECTORY_FIGURES = [f"results/figures/trajectories_{d}.png" for d in DATASETS]
 RUN_DIRS = [f"results/{d}/{m}/seed{s}/run" for d in DATASETS for m in METHODS for s in SEEDS]
 
 
+# every method entry with its SDE parameters, for the prior-mismatch table (`gbm report prior-mismatch`)
+MISMATCH_METHODS = {m: {"name": method_name(config, m), "sde": config["methods"][m]["sde"]} for m in METHODS}
+
+
 def all_targets():
     targets = [
         "results/tables/benchmark.csv",
+        "results/tables/prior_mismatch.csv",
         "results/tables/floor.csv",
         "results/figures/fid_kid_vs_nfe.png",
         "results/figures/training_loss.png",
