@@ -20,12 +20,12 @@ def correlated_images(n: int, rng) -> np.ndarray:
 
 def test_mismatch_table_ranks_priors_and_shows_additive_priors_near_exact(tmp_path):
     rng = np.random.default_rng(0)
-    labels = rng.integers(0, 3, 600).astype(np.int64)
-    data = save_prepared(RawDataset(correlated_images(600, rng), labels, correlated_images(8, rng), labels[:8],
+    labels = rng.integers(0, 3, 700).astype(np.int64)
+    data = save_prepared(RawDataset(correlated_images(700, rng), labels, correlated_images(8, rng), labels[:8],
                                     source="synthetic"), "mnist", tmp_path / "mnist.npz")
     methods = {"gbm": {"name": "gbm", "sde": {}}, "vp": {"name": "vp", "sde": {}}}
     assert main(["report", "prior-mismatch", "--data", str(data), "--methods", json.dumps(methods), "--held-out",
-                 "200", "--sigma2-t", "0.16", "1.0", "--out-dir", str(tmp_path / "tables"),
+                 "200", "--limit", "600", "--sigma2-t", "0.16", "1.0", "--out-dir", str(tmp_path / "tables"),
                  "--figure", str(tmp_path / "mismatch.png")]) == 0
     table = pd.read_csv(tmp_path / "tables" / "prior_mismatch.csv")
     at_config = table[table["at_config"]].set_index("prior")

@@ -108,8 +108,10 @@ def _prior_mismatch(args) -> int:
         raise ValueError('--methods: expected JSON {"ENTRY": {"name": METHOD, "sde": {...}}, ...}')
     if any(not v > 0 for v in args.sigma2_t):
         raise ValueError(f"--sigma2-t: every value must be positive, got {args.sigma2_t}")
+    if args.limit is not None and args.limit < 4:
+        raise ValueError(f"--limit: need at least 4 training images, got {args.limit}")
     rows = [row for data in args.data
-            for row in mismatch_rows(Path(data), methods, args.held_out, tuple(args.sigma2_t))]
+            for row in mismatch_rows(Path(data), methods, args.held_out, tuple(args.sigma2_t), args.limit)]
     written = write_mismatch(rows, Path(args.out_dir))
     if args.figure:
         mismatch_figure(rows, Path(args.figure))
@@ -189,7 +191,9 @@ def add_parser(subparsers) -> None:
     p = steps.add_parser("prior-mismatch", help="distance of each start distribution from p_T (table + figure)")
     p.add_argument("--data", nargs="+", required=True, help="prepared datasets (.npz)")
     p.add_argument("--methods", required=True, help='JSON {"ENTRY": {"name": METHOD, "sde": {...}}, ...}')
-    p.add_argument("--held-out", type=int, default=10000, help="last training images held out as p_T's sample")
+    p.add_argument("--held-out", type=int, default=10000,
+                   help="last training images held out as p_T's sample (at most half of them)")
+    p.add_argument("--limit", type=int, help="use only the first N training images (the config's data_limit)")
     p.add_argument("--sigma2-t", type=float, nargs="*", default=[0.04, 0.16, 0.36, 0.64, 1.0, 2.56, 6.25],
                    help="sigma^2 T values of the figure (GBM; T kept, sigma varied)")
     p.add_argument("--out-dir", required=True, help="writes prior_mismatch.{csv,md,tex}")

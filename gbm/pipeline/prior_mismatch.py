@@ -22,12 +22,12 @@ COLUMNS = ["dataset", "method", "prior", "paper", "sigma2_T", "frechet", "relati
            "n_held_out"]
 
 
-def _split(data_npz: Path, held_out: int):
+def _split(data_npz: Path, held_out: int, limit: int | None):
     from gbm.data import load_prepared
 
     prepared = load_prepared(data_npz)
-    images = torch.from_numpy(np.ascontiguousarray(prepared.images("train")))
-    labels = torch.from_numpy(prepared.labels("train"))
+    images = torch.from_numpy(np.ascontiguousarray(prepared.images("train")[:limit]))
+    labels = torch.from_numpy(prepared.labels("train")[:limit])
     held_out = min(held_out, len(images) // 2)
     if held_out < 2:
         raise ValueError(f"--held-out: {data_npz} has too few training images ({len(images)}) to hold any out")
@@ -36,13 +36,14 @@ def _split(data_npz: Path, held_out: int):
 
 
 def mismatch_rows(data_npz: Path, methods: dict[str, dict], held_out: int = 10000,
-                  sigma2_T_grid: tuple[float, ...] = ()) -> list[dict]:
+                  sigma2_T_grid: tuple[float, ...] = (), limit: int | None = None) -> list[dict]:
     """One row per method entry and prior at the method's own ``sigma^2 T``, plus GBM rows for each
-    ``sigma^2 T`` of ``sigma2_T_grid`` (``T`` kept, ``sigma`` varied). ``methods``: entry -> ``{"name", "sde"}``."""
+    ``sigma^2 T`` of ``sigma2_T_grid`` (``T`` kept, ``sigma`` varied). ``methods``: entry -> ``{"name", "sde"}``;
+    ``limit``: use the first ``limit`` training images (the benchmark's ``data_limit``), at most half held out."""
     from gbm.methods import get_method
     from gbm.methods.gbm_priors import additive_prior_mismatch, log_data_moments, prior_mismatch
 
-    dataset, fit_images, labels, held_images = _split(Path(data_npz), held_out)
+    dataset, fit_images, labels, held_images = _split(Path(data_npz), held_out, limit)
     rows = []
     common = {"dataset": dataset, "dim": int(np.prod(fit_images.shape[1:])), "n_fit": len(fit_images),
               "n_held_out": len(held_images)}

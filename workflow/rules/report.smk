@@ -184,10 +184,11 @@ rule prior_mismatch:
         pdf="results/figures/prior_mismatch.pdf",
     params:
         methods=shlex.quote(json.dumps(MISMATCH_METHODS)),
+        limit="" if config["data_limit"] is None else f"--limit {config['data_limit']}",
     log:
         "results/logs/report/prior_mismatch.log",
     benchmark:
         "results/benchmarks/report/prior_mismatch.tsv"
     shell:
-        "gbm report prior-mismatch --data {input} --methods {params.methods} --out-dir results/tables "
-        "--figure {output.png} > {log} 2>&1"
+        "gbm report prior-mismatch --data {input} --methods {params.methods} {params.limit} "
+        "--out-dir results/tables --figure {output.png} > {log} 2>&1"
