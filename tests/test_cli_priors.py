@@ -65,6 +65,15 @@ def test_sample_records_the_prior_and_prior_changes_the_start(trained, tmp_path)
     assert json.loads((tmp_path / "low.json").read_text())["prior_options"] == {"rank": 4}
 
 
+def test_score_records_how_the_samples_were_drawn(trained, tmp_path):
+    from gbm.commands.score import sample_provenance
+
+    assert _sample(trained["gbm"], tmp_path / "c.npz", "--prior", "correlated") == 0
+    provenance = sample_provenance(str(tmp_path / "c.npz"))
+    assert provenance["prior"] == "correlated" and provenance["sampler"] == "dale-langevin"
+    assert sample_provenance(str(trained["gbm"].parent / "data.npz")) is None  # a prepared dataset
+
+
 @pytest.mark.parametrize("argv,field", [
     (["--prior", "gaussian"], "--prior: unknown prior 'gaussian'"),
     (["--prior", "correlated", "--prior-option", "rank=64"], "prior option 'rank'"),
