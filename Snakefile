@@ -1,19 +1,14 @@
 # gbm benchmark: multiplicative (GBM) diffusion vs additive-noise diffusion, from data to the paper's tables.
 #
 #   snakemake --cores 2                                   # default benchmark (config/config.yaml)
-#   snakemake --cores 8 --resources gpu=2 --configfile config/paper.yaml
+#   snakemake --cores 8 --resources gpu=2 --configfile config/paper.yaml   # that file alone, not merged
 #   snakemake --report results/report.html                # HTML report of every table and figure
 #
 # Each rule calls one `gbm` command; the science lives in the `gbm` package (see README.md).
 
-import os
-
 from snakemake.utils import min_version
 
 min_version("9.0")
-
-
-configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 report: "workflow/report/workflow.rst"
@@ -24,6 +19,7 @@ envvars:
 
 
 include: "workflow/rules/common.smk"
+include: "workflow/rules/config.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"

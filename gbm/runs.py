@@ -130,6 +130,15 @@ def sde_from_record(record: dict) -> SDE:
     return make_sde(record["name"], **params)
 
 
+def check_finite_weights(state_dict: dict, path: Path) -> None:
+    """Refuse a model file with a NaN or infinite weight, naming the first such tensor."""
+    for name, tensor in state_dict.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise ValueError(f"RUN_DIR: {str(path)!r} has non-finite weights: tensor {name!r} holds {bad} NaN or "
+                             f"infinite value(s) of {tensor.numel()}; the model cannot be used")
+
+
 def load_model(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[ScoreModel, dict]:
     """The EMA score model of a finished run and its ``model.pt`` record (without the weights)."""
     path = RunDir(run_dir).model
@@ -140,6 +149,8 @@ def load_model(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple
         raise ValueError(f"RUN_DIR: {str(path)!r} is not a {MODEL_FORMAT} file")
     sde = sde_from_record(record["sde"])
     backbone = build_backbone(record["backbone"], record["backbone_config"])
-    backbone.load_state_dict(record.pop("state_dict"))
+    state_dict = record.pop("state_dict")
+    check_finite_weights(state_dict, path)
+    backbone.load_state_dict(state_dict)
     model = ScoreModel(sde, backbone, record["parameterisation"]).to(device).eval()
     return model, record

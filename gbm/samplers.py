@@ -104,5 +104,19 @@ def probability_flow(sde, score_fn, x, *, steps, generator=None, solver="rk45", 
     return x, {"solver": "rk45", "rtol": rtol, "atol": atol}
 
 
+def check_generic_options(sde, sampler: str, steps: int, options: dict) -> None:
+    """Refuse generic-sampler settings that cannot be stable: the predictor–corrector's Langevin step size is
+    ``2 alpha (snr |z| / |s|)^2`` with ``alpha = sde.langevin_alpha(t, dt)``; where ``alpha <= 0`` (VP:
+    ``beta(t) dt >= 1``) the corrector's noise ``sqrt(2 step)`` is NaN from the first level on."""
+    if sampler != "pc":
+        return
+    times = time_grid(sde, steps).tolist()
+    worst = min((sde.langevin_alpha(times[k], times[k] - times[k + 1]), times[k]) for k in range(steps))
+    if worst[0] <= 0:
+        raise ValueError(f"steps: {steps} is too few for the predictor-corrector sampler on the {sde.name!r} SDE: "
+                         f"its Langevin step factor 1 - beta(t) dt is {worst[0]:.3g} <= 0 at t = {worst[1]:.3g} "
+                         f"(dt = {times[0] - times[1]:.3g}), which makes the corrector's noise NaN; use more steps")
+
+
 #: The generic samplers by name, for methods to list.
 GENERIC_SAMPLERS: dict[str, SamplerFn] = {"em": euler_maruyama, "pc": predictor_corrector, "ode": probability_flow}

@@ -173,7 +173,7 @@ def test_the_one_file_method_runs_through_the_pipeline_and_appears_in_the_tables
     config.update(name="example", seeds=[0], method_modules=[str(EXAMPLE)],
                   methods={"ve-edm": {"sde": {"sigma_max": 20.0}, "samplers": {"em": {"steps": [2]}}}})
     (workdir / "example.yaml").write_text(yaml.safe_dump(config))
-    snakemake(workdir, "--cores", "2", "--configfile", str(workdir / "example.yaml"), "results/tables/benchmark.csv")
+    snakemake(workdir, "results/tables/benchmark.csv", "--cores", "2", "--configfile", str(workdir / "example.yaml"))
     table = pd.read_csv(workdir / "results" / "tables" / "benchmark.csv")
     assert list(zip(table["method"], table["sampler"])) == [("ve-edm", "em")]
     assert table["fid_mean"].notna().all()

@@ -36,10 +36,10 @@ def test_default_benchmark_dag_has_one_model_per_dataset_method_seed(tmp_path):
     # 2 datasets x (gbm, vp) x 1 seed; gbm: 2 samplers x 2 step counts from the iid prior and 2 samplers x
     # 1 step count from the correlated prior, vp: em x 2 step counts.
     assert counts == {
-        "prepare_data": 2, "floor": 2, "train": 4, "sample": 16, "score": 16, "neighbours": 10, "track": 4,
-        "aggregate": 1, "tables": 1, "figure_samples": 1, "figure_neighbours": 1, "figure_forward": 1,
-        "figure_trajectories": 1, "figure_toy": 1, "figure_nfe": 1, "figure_loss": 1, "timing": 1,
-        "prior_mismatch": 1, "all": 1, "total": 66,
+        "resolved_config": 1, "prepare_data": 2, "floor": 2, "train": 4, "sample": 16, "score": 16,
+        "neighbours": 10, "track": 4, "aggregate": 1, "tables": 1, "figure_samples": 1, "figure_neighbours": 1,
+        "figure_forward": 1, "figure_trajectories": 1, "figure_toy": 1, "figure_nfe": 1, "figure_loss": 1,
+        "timing": 1, "prior_mismatch": 1, "all": 1, "total": 67,
     }
 
 
@@ -115,12 +115,20 @@ BAD_CONFIGS = [
     ("train.steps", "many", "train.steps"),
     ("train.stepz", 5, "train.stepz"),
     ("model.size", "huge", "model.size"),
-    ("evaluation.n_samples", KeyError, "evaluation"),
+    ("train.steps", KeyError, "train.steps"),
+    ("model.size", KeyError, "model.size"),
+    ("model.sizes", "tiny", "model.sizes"),
+    ("methods.gbm.sde", {"sigmaa": 1.0}, "methods.gbm.sde"),
+    ("methods.gbm.sde", {"prior_log_mean": 0.0}, "methods.gbm.sde.prior_log_mean"),
+    ("methods.vp.loss", {"weighting": "x"}, "methods.vp.loss.weighting"),
+    ("evaluation.neighbours.bank", 5, "evaluation.neighbours.bank"),
     ("evaluaton", {}, "evaluaton"),
     ("methods.vp.samplers.em.prior", "correlated", "methods.vp.samplers.em.prior"),
     ("methods.gbm.samplers.dale-langevin.prior", "gaussian", "methods.gbm.samplers.dale-langevin.prior"),
     ("methods.gbm.samplers.dale-langevin.prior_options", {"rank": 0},
      "methods.gbm.samplers.dale-langevin.prior_options.rank"),
+    ("methods.gbm.samplers.dale-langevin", {"steps": [5], "options": {"delta": 50}},
+     "methods.gbm.samplers.dale-langevin"),
 ]
 
 

@@ -163,13 +163,13 @@ def test_interrupted_training_resumes_from_its_checkpoint(prepared_mnist, tmp_pa
                                           str(configfile)], cwd=tmp_path, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    while not list((run / "checkpoints").glob("*.pt")):
+    while not list((run / "checkpoints").glob("step_*.pt")):
         assert first.poll() is None and time.time() < deadline, "no checkpoint appeared"
         time.sleep(0.2)
     os.killpg(first.pid, signal.SIGINT)  # Ctrl-C: Snakemake stops the job and removes its outputs
     first.wait(timeout=60)
     assert not (run / "model.pt").exists()
-    interrupted_at = max(int(p.stem.split("_")[-1]) for p in (run / "checkpoints").glob("*.pt"))
+    interrupted_at = max(int(p.stem.split("_")[-1]) for p in (run / "checkpoints").glob("step_*.pt"))
     assert 0 < interrupted_at < 400
 
     snakemake(tmp_path, target, "--cores", "1", "--configfile", str(configfile))

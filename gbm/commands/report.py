@@ -14,8 +14,15 @@ def _pairs(inputs: list[str], outputs: list[str], what: str) -> list[tuple[Path,
 
 def _aggregate(args) -> int:
     from gbm.data.atomic import write_text_atomic
-    from gbm.pipeline.tables import aggregate
+    from gbm.pipeline.tables import aggregate, failed_table
 
+    if args.failed_out is None and args.failed:
+        raise ValueError("--failed-out: --failed evaluations given without a file to list them in")
+    if args.failed_out is not None:
+        failed = failed_table([(Path(d), Path(log)) for d, log in args.failed])
+        write_text_atomic(Path(args.failed_out), failed.to_csv(index=False))
+        for row in failed.itertuples(index=False):
+            print(f"failed: {row.path}: {row.reason}")
     runs = aggregate([Path(p) for p in args.metrics])
     write_text_atomic(Path(args.out), runs.to_csv(index=False))
     print(f"{len(runs)} evaluated runs -> {args.out}")
@@ -28,7 +35,8 @@ def _tables(args) -> int:
     from gbm.pipeline.tables import floor_table, write_tables
 
     runs = pd.read_csv(args.metrics)
-    written = write_tables(runs, floor_table([Path(p) for p in args.floor]), Path(args.out_dir), args.name)
+    failed = pd.read_csv(args.failed) if args.failed else None
+    written = write_tables(runs, floor_table([Path(p) for p in args.floor]), Path(args.out_dir), args.name, failed)
     print("\n".join(str(p) for p in written))
     return 0
 
@@ -125,14 +133,18 @@ def add_parser(subparsers) -> None:
     steps = parser.add_subparsers(dest="step", required=True, metavar="STEP")
 
     p = steps.add_parser("aggregate", help="one row per evaluated run (CSV) from metrics.json files")
-    p.add_argument("metrics", nargs="+", help=".../{sampler}/steps{K}/metrics.json files")
+    p.add_argument("metrics", nargs="*", help=".../{sampler}/steps{K}/metrics.json files")
     p.add_argument("--out", required=True)
+    p.add_argument("--failed", nargs=2, action="append", default=[], metavar=("EVAL_DIR", "SAMPLE_LOG"),
+                   help="an evaluation whose sampling failed, and its job log (the reason); repeatable")
+    p.add_argument("--failed-out", help="failed.csv listing the --failed evaluations (written even when empty)")
     p.set_defaults(func=_aggregate)
 
     p = steps.add_parser("tables", help="benchmark and floor tables as CSV, Markdown and LaTeX")
     p.add_argument("--metrics", required=True, help="the aggregated CSV")
     p.add_argument("--floor", nargs="+", required=True, help="floor.json files from `gbm floor`")
     p.add_argument("--name", required=True, help="benchmark name for the captions")
+    p.add_argument("--failed", help="failed.csv from `gbm report aggregate`: listed under the table")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=_tables)
 

@@ -3,7 +3,12 @@
 Uses the run's EMA weights and starts from the prior named by ``--prior`` (a method's default without it;
 the SDE's own prior for methods without named priors), fitted at training and stored in ``model.pt``. Image
 i is drawn from seed ``seed_start + i`` alone (``gbm.seeding.PerSampleGenerator``), whatever the batch size
-or device — except with ``--guidance repel=true`` (the default when guiding), whose particle term couples a batch's images.
+or device — except with ``--guidance repel=true`` (the default when guiding), whose particle term couples a
+batch's images.
+
+A sampler whose state becomes non-finite stops the command with ``SamplerDiverged`` (exit status 2) and
+nothing is written; with ``--allow-nonfinite`` the files are written and record the fraction of non-finite
+images (``nonfinite``), which ``gbm score`` then refuses unless told otherwise.
 """
 
 from __future__ import annotations
@@ -54,6 +59,10 @@ def add_parser(subparsers) -> None:
                              "repel=false keeps per-image reproducibility")
     parser.add_argument("--guidance-data", metavar="FILE.npz[:SPLIT]",
                         help="prepared dataset whose images (split train unless given) form the guidance bank")
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="keep going when the sampler's state becomes NaN or infinite: write the files and record "
+                             "the fraction of non-finite images as 'nonfinite' (gbm score refuses such files unless "
+                             "given --allow-nonfinite); by default the command stops with an error and writes nothing")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -119,7 +128,7 @@ def run(args) -> int:
     from gbm.models import state_shape
     from gbm.data.atomic import write_stream_atomic
     from gbm.runs import git_revision, load_model, resolve_device, write_json
-    from gbm.sampling import sample, sampler_names, validate_request
+    from gbm.sampling import SamplerDiverged, sample, sampler_names, validate_request
     from gbm.seeding import PerSampleGenerator
 
     _check_args(args)
@@ -148,14 +157,22 @@ def run(args) -> int:
     sample_shape = state_shape(sde, shape)
     space = record["data"]["space"]
     seeds = np.arange(args.seed_start, args.seed_start + args.n, dtype=np.int64)
-    outputs, nfes, clamped, negative, negative_seen, values = [], [], 0.0, 0.0, False, 0
+    outputs, nfes, clamped, negative, negative_seen, values, nonfinite = [], [], 0.0, 0.0, False, 0, 0
     began = time.perf_counter()
     bar = tqdm(total=args.n, desc=f"sample {args.sampler}", unit="img", file=sys.stderr, disable=args.no_progress)
     for start in range(0, args.n, args.batch_size):
         chunk = seeds[start:start + args.batch_size].tolist()
         generator = PerSampleGenerator(chunk)
         x_T = method.start(sde, record, args.prior, start_options, (len(chunk), *sample_shape), generator, device)
-        result = sample(sde, score_fn, x_T, method=args.sampler, steps=args.steps, generator=generator, **options_run)
+        try:
+            result = sample(sde, score_fn, x_T, method=args.sampler, steps=args.steps, generator=generator,
+                            allow_nonfinite=args.allow_nonfinite, **options_run)
+        except SamplerDiverged as error:
+            bar.close()
+            raise SamplerDiverged(f"{error} [batch of seeds {chunk[0]}..{chunk[-1]}; {args.run_dir}]",
+                                  sampler=error.sampler, call=error.call, t=error.t, affected=error.affected,
+                                  batch=error.batch) from None
+        nonfinite += int(result.nonfinite.sum())
         x = sde.positions(result.x).float().cpu()
         if space == "toy":
             outputs.append(x.numpy())
@@ -187,6 +204,8 @@ def run(args) -> int:
         "batch_size": args.batch_size,
         "fraction_clamped": clamped / values,
         "fraction_negative": negative / values if negative_seen else None,
+        "nonfinite": nonfinite / args.n,
+        "allow_nonfinite": args.allow_nonfinite,
         "wall_time_s": wall,
         "images_per_s": args.n / wall,
         "device": str(device),
@@ -207,5 +226,8 @@ def run(args) -> int:
     out = Path(args.out)
     write_stream_atomic(out, lambda handle: np.savez(handle, **arrays))
     write_json(out.with_suffix(".json"), meta)
+    if nonfinite:
+        print(f"gbm sample: warning: {nonfinite} of {args.n} images are non-finite (--allow-nonfinite); "
+              f"recorded as nonfinite = {stats['nonfinite']:.4g}", file=sys.stderr)
     print(f"gbm sample: {args.n} samples, nfe {stats['nfe']}, {wall:.1f} s -> {out}", file=sys.stderr)
     return 0

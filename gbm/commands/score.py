@@ -27,6 +27,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fake", required=True, help="sample .npz, prepared dataset FILE.npz:SPLIT, or image folder")
     parser.add_argument("--real-split", choices=("train", "test"), default=None, help="split of a prepared --real file")
     parser.add_argument("--n", type=int, default=None, help="use the first N images of each set")
+    parser.add_argument("--allow-nonfinite", action="store_true",
+                        help="score a sample file that records non-finite images (gbm sample --allow-nonfinite); "
+                             "refused by default")
     add_metric_arguments(parser)
     parser.set_defaults(func=run)
 
@@ -58,7 +61,8 @@ def sample_provenance(fake: str) -> dict | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    result = score(args.real, args.fake, n=args.n, real_split=args.real_split, **metric_options(args))
+    result = score(args.real, args.fake, n=args.n, real_split=args.real_split, allow_nonfinite=args.allow_nonfinite,
+                   **metric_options(args))
     provenance = sample_provenance(args.fake)
     if provenance is not None:
         result["samples"] = provenance

@@ -13,7 +13,7 @@ import torch
 
 from gbm.losses import pixel_sum_batch_mean, uniform_time
 from gbm.methods.base import Method
-from gbm.samplers import GENERIC_SAMPLERS
+from gbm.samplers import GENERIC_SAMPLERS, check_generic_options
 from gbm.sde import SDE, ScoreKind, per_sample
 from gbm.seeding import randn
 
@@ -152,7 +152,7 @@ class DSMLoss:
 
 METHODS = tuple(
     Method(name=cls.name, label=label, sde=cls, loss=DSMLoss, samplers=GENERIC_SAMPLERS, data_space="centered",
-           description=description)
+           check_sampler_options=check_generic_options, description=description)
     for cls, label, description in (
         (VPSDE, "VP", "variance-preserving SDE (score_sde)"),
         (SubVPSDE, "sub-VP", "sub-VP SDE (score_sde)"),

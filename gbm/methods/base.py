@@ -23,6 +23,10 @@ def no_check(x: torch.Tensor, what: str) -> None:
     """Data check of methods that accept any finite real data."""
 
 
+def no_option_check(sde: SDE, sampler: str, steps: int, options: dict) -> None:
+    """Sampler option check of methods with no known stability bound on their samplers' options."""
+
+
 def no_fit(sde: SDE, x0: torch.Tensor) -> SDE:
     """Fitting step of methods with nothing to fit from the training data."""
     return sde
@@ -39,6 +43,8 @@ class Method:
     ``samplers``: sampler functions by name (``gbm.samplers`` has the generic ones).
     ``data_space``: ``"positive"`` ([1, 2], GBM) or ``"centered"`` ([-1, 1]) (``gbm.pixels``).
     ``check_data``: refuses data (or a start state) the SDE cannot model, naming ``what``.
+    ``check_sampler_options``: ``(sde, sampler, steps, options)``; refuses, before any work and naming the
+    option, sampler settings that cannot be stable where the bound is known.
     ``fit``: returns the SDE with its data-dependent parameters (``fitted_params``) fitted to ``x0``.
     ``trajectory_figure``: the pipeline draws reverse-time trajectories of its samplers (SPEC §10).
     ``priors``: named start distributions fitted at training and stored in ``model.pt`` (the interface of
@@ -54,6 +60,7 @@ class Method:
     data_space: str
     score_parameterisation: str = "eps"
     check_data: Callable[[torch.Tensor, str], None] = no_check
+    check_sampler_options: Callable[[SDE, str, int, dict], None] = no_option_check
     fit: Callable[[SDE, torch.Tensor], SDE] = no_fit
     fitted_params: tuple[str, ...] = ()
     trajectory_figure: bool = False

@@ -121,7 +121,10 @@ class GBM(SDE):
         return score + state * stein
 
     def log_tweedie(self, x, t, score):
-        """``E[log x_0 | x_t] = log x_t + sigma^2 t (h + 1) - (mu - sigma^2/2) t`` (SPEC §3)."""
+        """``E[log x_0 | x_t] = log x_t + sigma^2 t (h + 1) - (mu - sigma^2/2) t`` (SPEC §3).
+
+        Defined for finite positive ``x_t`` only (a sign-agnostic state can be negative): others are refused."""
+        check_positive(x, "log_tweedie: x_t")
         t = per_sample(t, x)
         return x.log() + self.sigma**2 * t * (score + 1.0) - self.log_drift * t
 
@@ -157,9 +160,57 @@ def sign_agnostic_update(sde: GBM, x, h, delta, noise):
 
 def dale_langevin_update(sde: GBM, x, h, delta, noise):
     """Exponentiated Euler–Maruyama step in log space (sign-preserving):
-    ``x <- x exp(delta sigma^2 h - delta (mu - 1.5 sigma^2) + sqrt(delta) sigma a z)``."""
+    ``x <- x exp(delta sigma^2 h - delta (mu - 1.5 sigma^2) + sqrt(delta) sigma a z)``.
+
+    ``h`` is unbounded (with the ``score`` parameterisation it is the network's raw output), so the exponent
+    can overflow to infinity; ``gbm.sampling.sample`` checks the state before the next network call and at
+    the end, and raises ``SamplerDiverged`` rather than returning it."""
     s2 = sde.sigma**2
     return x * torch.exp(delta * s2 * h - delta * (sde.mu - 1.5 * s2) + math.sqrt(delta) * sde.sigma * noise)
+
+
+#: The largest fixed step ``delta`` accepted, in units of the smallest level ``T/steps`` the samplers visit.
+DELTA_STABILITY_FACTOR = 2.0
+
+
+def check_sampler_options(sde: GBM, sampler: str, steps: int, options: dict) -> None:
+    """Refuse settings of the practical variant (SPEC §3) that cannot be stable, naming the option.
+
+    ``delta``: in ``y = log x`` both updates move ``y`` by ``delta sigma^2 d/dy log p_t(y)`` plus a constant
+    and noise (``h + 1 = d/dy log p_t``). In log space the forward process adds ``N(0, sigma^2 t)``, so the
+    curvature of ``-log p_t`` is at most ``1 / (sigma^2 t)``, attained exactly in a pixel that is constant in the
+    data (MNIST's background). There a deviation is multiplied by ``1 - delta / t`` per update: a contraction
+    for every level only if ``delta <= 2 t``. The smallest level is ``T/steps``, hence
+    ``delta <= DELTA_STABILITY_FACTOR * T/steps``; above it the last levels amplify the constant pixels.
+    ``gamma``: the noise scale ``a gamma^k`` must not grow towards the data (``gamma <= 1``).
+    """
+    delta, gamma = options.get("delta"), options.get("gamma", 1.0)
+    spacing = sde.T / steps
+    if delta is not None:
+        if not _is_real(delta) or not delta > 0 or not math.isfinite(delta):
+            raise ValueError(f"delta: must be a positive number, got {delta!r}")
+        if delta > DELTA_STABILITY_FACTOR * spacing:
+            raise ValueError(
+                f"delta: {delta:g} is far above the level spacing T/steps = {spacing:.4g} ({delta / spacing:.3g} "
+                f"times); the {sampler} update is unstable for delta > {DELTA_STABILITY_FACTOR:g} * T/steps = "
+                f"{DELTA_STABILITY_FACTOR * spacing:.4g} (it amplifies pixels that are constant in the data by "
+                f"|1 - delta/t| at levels t < delta/2). Use delta <= {DELTA_STABILITY_FACTOR * spacing:.4g} or "
+                f"steps >= {math.ceil(DELTA_STABILITY_FACTOR * sde.T / delta)}")
+    if not _is_real(gamma) or not 0 <= gamma <= 1:
+        raise ValueError(f"gamma: the noise annealing factor per level must lie in [0, 1], got {gamma!r}; "
+                         f"gamma > 1 grows the noise scale to gamma^(steps-1) times its start by the last level")
+    noise_scale = options.get("noise_scale", 1.0)
+    if not _is_real(noise_scale) or not 0 <= noise_scale < math.inf:
+        raise ValueError(f"noise_scale: must be a finite number >= 0, got {noise_scale!r}")
+    inner_steps, final = options.get("inner_steps", 1), options.get("final_denoise_steps", 0)
+    if isinstance(inner_steps, bool) or not isinstance(inner_steps, int) or inner_steps < 1:
+        raise ValueError(f"inner_steps: must be an integer >= 1, got {inner_steps!r}")
+    if isinstance(final, bool) or not isinstance(final, int) or final < 0:
+        raise ValueError(f"final_denoise_steps: must be an integer >= 0, got {final!r}")
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _gbm_sampler(update, sde: GBM, score_fn, x, steps, generator, delta, inner_steps, gamma, noise_scale,
@@ -167,14 +218,9 @@ def _gbm_sampler(update, sde: GBM, score_fn, x, steps, generator, delta, inner_s
     """Levels ``t_k`` from ``T`` down; at each, ``inner_steps`` updates, then ``a <- a * gamma``.
 
     With the defaults (``delta=None`` -> ``T/steps``, one inner step, ``gamma=1``) this is the exact
-    Euler–Maruyama discretisation of the reverse SDE. The final update adds no noise.
+    Euler–Maruyama discretisation of the reverse SDE. The final update adds no noise. Options are checked
+    by ``check_sampler_options`` (through ``gbm.sampling.sample``).
     """
-    if delta is not None and not delta > 0:
-        raise ValueError(f"delta: must be positive, got {delta}")
-    if inner_steps < 1:
-        raise ValueError(f"inner_steps: must be >= 1, got {inner_steps}")
-    if final_denoise_steps < 0:
-        raise ValueError(f"final_denoise_steps: must be >= 0, got {final_denoise_steps}")
     times = time_grid(sde, steps).tolist()
     a = noise_scale
     updates = [(times[k], delta or times[k] - times[k + 1], a * gamma**k)
@@ -263,6 +309,7 @@ METHOD = Method(
     samplers={"sign-agnostic": sign_agnostic, "dale-langevin": dale_langevin},
     data_space="positive",
     check_data=check_positive,
+    check_sampler_options=check_sampler_options,
     fit=fit_prior,
     fitted_params=("prior_log_mean", "prior_log_std"),
     trajectory_figure=True,

@@ -37,8 +37,11 @@ class ImageSet:
         return ImageSet(self.images[:n], f"{self.description}[:{n}]")
 
 
-def load_image_set(spec: str | Path, split: str | None = None) -> ImageSet:
-    """Resolve ``spec``: ``FILE.npz:SPLIT`` or ``FILE.npz`` + ``split`` (prepared), sample ``.npz``, folder."""
+def load_image_set(spec: str | Path, split: str | None = None, allow_nonfinite: bool = False) -> ImageSet:
+    """Resolve ``spec``: ``FILE.npz:SPLIT`` or ``FILE.npz`` + ``split`` (prepared), sample ``.npz``, folder.
+
+    A sample file whose ``meta`` records non-finite images (``nonfinite`` > 0, written by
+    ``gbm sample --allow-nonfinite``) is refused unless ``allow_nonfinite``."""
     text = str(spec)
     if ":" in text and text.rsplit(":", 1)[1] in ("train", "test") and not Path(text).exists():
         text, split = text.rsplit(":", 1)
@@ -54,6 +57,13 @@ def load_image_set(spec: str | Path, split: str | None = None) -> ImageSet:
     if "images" in keys:
         with np.load(path, allow_pickle=False) as archive:
             images = archive["images"]
+            meta = json.loads(str(archive["meta"])) if "meta" in keys else {}
+        nonfinite = meta.get("nonfinite") or 0
+        if nonfinite > 0 and not allow_nonfinite:
+            raise ValueError(f"{path}: {100 * nonfinite:.3g} % of its images came from a sampler state that became "
+                             f"NaN or infinite (meta 'nonfinite' = {nonfinite:.4g}, written with gbm sample "
+                             f"--allow-nonfinite); their pixels are not samples. Refusing to score them; pass "
+                             f"--allow-nonfinite to score the file anyway")
         return ImageSet(validate_images(images, f"{path} 'images'"), str(path))
     if {"train_images", "test_images"} <= keys:
         if split is None:

@@ -2,7 +2,8 @@
 
 The key hashes the reference pixels (so dataset, split and N are all in it), the library, its mode and
 the converted weights' checksums. Changing any of them gives a new key, so stale statistics are never
-reused. Files are written atomically; an unreadable or mismatching file is recomputed, never trusted.
+reused. Files are written atomically; an unreadable or mismatching file, or one holding NaN or infinity, is
+recomputed, never trusted.
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ def reference_features(
     path = Path(stats_dir or cache_dir() / "reference") / f"{key}.npz"
     try:
         with np.load(path, allow_pickle=False) as archive:
-            if str(archive["key"]) == key and archive["features"].shape == (len(images.images), 2048):
-                return archive["features"], "hit"
+            features = archive["features"]
+            if str(archive["key"]) == key and features.shape == (len(images.images), 2048) and np.isfinite(features).all():
+                return features, "hit"
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass
     features = extract_features(images.images, library, device=device, cleanfid_mode=cleanfid_mode, what=images.description)

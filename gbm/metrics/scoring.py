@@ -44,6 +44,10 @@ def metrics_from_features(
     for what, features in (("real", real), ("fake", fake)):
         if features.ndim != 2 or features.shape[1] != 2048 or len(features) < 2:
             raise ValueError(f"{what} features: expected (N >= 2, 2048), got {features.shape}")
+        finite = np.isfinite(features).all(axis=1)
+        if not finite.all():
+            raise ValueError(f"{what} features: {int((~finite).sum())} of {len(features)} feature vectors contain NaN "
+                             f"or infinity (first at row {int(np.argmin(finite))}); refusing to score them")
     stats = [{"mu": f.astype(np.float64).mean(0), "sigma": np.cov(f.astype(np.float64), rowvar=False)} for f in (real, fake)]
     if library == "clean-fid":
         from cleanfid.fid import frechet_distance
@@ -80,11 +84,11 @@ def metrics_from_features(
     }
 
 
-def _as_set(value, what: str, split: str | None) -> ImageSet:
+def _as_set(value, what: str, split: str | None, allow_nonfinite: bool = False) -> ImageSet:
     if isinstance(value, ImageSet):
         return value
     if isinstance(value, (str, bytes)) or hasattr(value, "__fspath__"):
-        return load_image_set(value, split)
+        return load_image_set(value, split, allow_nonfinite=allow_nonfinite)
     return ImageSet(np.asarray(value.cpu() if isinstance(value, torch.Tensor) else value), what)
 
 
@@ -100,6 +104,7 @@ def score(
     cache: bool = True,
     stats_dir=None,
     sid: bool = True,
+    allow_nonfinite: bool = False,
     **metric_options,
 ) -> dict:
     """Score ``fake`` against ``real`` (each: ImageSet, uint8 array (N, C, H, W), or a path spec).
@@ -107,9 +112,12 @@ def score(
     ``n`` takes the first n images of each set. Reference features are cached by content hash unless
     ``cache`` is False. Returns metrics with sample counts, the feature extractor and the library;
     with ``sid`` also the signed inception distance (``gbm.metrics.sid``) from the same features.
+    A sample file that records non-finite images (``gbm sample --allow-nonfinite``) is refused unless
+    ``allow_nonfinite``; feature sets with NaN or infinity are always refused.
     """
     check_library(library, cleanfid_mode)
-    real_set, fake_set = _as_set(real, "real images", real_split), _as_set(fake, "fake images", None)
+    real_set = _as_set(real, "real images", real_split, allow_nonfinite)
+    fake_set = _as_set(fake, "fake images", None, allow_nonfinite)
     real_set, fake_set = real_set.first(n), fake_set.first(n)
     from gbm.metrics.features import validate_images
 

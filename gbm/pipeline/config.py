@@ -1,5 +1,8 @@
-"""Benchmark configuration: schema validation with messages that name the key, and the evaluation plan.
+"""Benchmark configuration: which file is the run's configuration, validation naming the key, the plan.
 
+A run's configuration is the config file(s) given with ``--configfile`` (or a profile) alone, or
+``config/config.yaml`` when none is given, then the ``--config KEY=VALUE`` overrides; it is completed only
+by the schema's documented defaults (``resolve_config``), never by another file's keys.
 The schema (``workflow/schemas/config.schema.yaml``) checks types and ranges; ``check_config`` adds the
 checks a schema cannot express (which samplers belong to which method, per-dataset options for datasets
 that are not benchmarked). Both raise ``ConfigError`` naming the offending key, e.g.
@@ -11,12 +14,16 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
+#: The configuration used when no config file is given (the CPU-sized default benchmark).
+DEFAULT_CONFIG_PATH = REPO_ROOT / "config" / "config.yaml"
+#: Where every pipeline run records its resolved configuration, under ``results/``.
+RESOLVED_CONFIG_NAME = "config.resolved.yaml"
 
 
 class ConfigError(ValueError):
@@ -44,6 +51,10 @@ def validate_schema(config: dict, schema: dict | None = None) -> None:
     if not errors:
         return
     error = errors[0]
+    if error.validator == "required":
+        missing = next(key for key in error.validator_value if key not in error.instance)
+        raise ConfigError(f"config key '{_key_path(list(error.absolute_path) + [missing])}': missing; "
+                          "this key has no default, so the config file must set it")
     if error.validator == "additionalProperties" and error.absolute_path is not None:
         extra = sorted(set(error.instance) - set(error.schema.get("properties", {})))
         parent = list(error.absolute_path)
@@ -90,50 +101,125 @@ def check_config(config: dict) -> None:
                         f"config key '{key}.dataset_options.{dataset}': dataset {dataset!r} is not in "
                         f"'datasets' ({', '.join(sorted(datasets))})"
                     )
+            _check_sampler_stability(config, entry, label, method, sampler, key)
     check_training_configs(with_defaults(config))
 
 
-def with_defaults(config: dict) -> dict:
-    """A copy of ``config`` with the schema's defaults filled in (what the rules read)."""
+def _check_sampler_stability(config: dict, entry: str, label: str, method, sampler: str, key: str) -> None:
+    """The method's own check of sampler options that cannot be stable (e.g. GBM's delta), before any job."""
+    try:
+        sde = method.make_sde(**config["methods"][entry].get("sde", {}))
+    except (ValueError, TypeError):
+        return  # the training-config check names the bad sde key
+    for dataset in config["datasets"]:
+        options = sampler_options(config, dataset, entry, label)
+        for index, steps in enumerate(config["methods"][entry]["samplers"][label]["steps"]):
+            try:
+                method.check_sampler_options(sde, sampler, steps, options)
+            except ValueError as error:
+                raise ConfigError(f"config key '{key}' (dataset {dataset}, steps[{index}] = {steps}): {error}") from None
+
+
+def with_defaults(config: dict, schema: dict | None = None) -> dict:
+    """A copy of ``config`` with the schema's documented defaults filled in (what the rules read)."""
+    schema = load_schema() if schema is None else schema
     config = copy.deepcopy(config)
-    config.setdefault("data_dir", None)
-    config.setdefault("method_modules", [])
-    config.setdefault("threads", 2)
-    config.setdefault("mem_mb", 8000)
-    runtime = config.setdefault("runtime", {})
-    for rule, minutes in (("train", 60), ("sample", 30), ("score", 30)):
-        runtime.setdefault(rule, minutes)
-    config.setdefault("data_limit", None)
-    config.setdefault("model", {})
-    evaluation = config.setdefault("evaluation", {})
-    evaluation.setdefault("reference_split", "test")
-    evaluation.setdefault("batch_size", 250)
-    evaluation.setdefault("grid", 64)
-    neighbours = evaluation.setdefault("neighbours", {})
-    neighbours.setdefault("queries", 8)
-    neighbours.setdefault("k", 5)
-    neighbours.setdefault("training_images", 60000)
-    figures = config.setdefault("figures", {})
-    figures.setdefault("trajectory_snapshots", 8)
-    figures.setdefault("histogram_times", [0.0, 0.05, 0.2, 0.5, 1.0])
-    figures.setdefault("toy_paths", 64)
-    for spec in config["methods"].values():
-        spec.setdefault("sde", {})
-        spec.setdefault("loss", {})
-        spec.setdefault("train", {})
+    _fill_defaults(config, schema, schema)
     return config
 
 
-def load_config(path: str | Path) -> dict:
-    """Read, validate and complete a benchmark configuration file."""
+def _fill_defaults(node: Any, schema: dict, root: dict) -> None:
+    """Set every absent key whose schema gives a ``default``, recursing into (defaulted) sections."""
+    schema = _resolve_ref(schema, root)
+    if not isinstance(node, dict):
+        return
+    properties = schema.get("properties", {})
+    for key, sub in properties.items():
+        sub = _resolve_ref(sub, root)
+        if key not in node and "default" in sub:
+            node[key] = copy.deepcopy(sub["default"])
+        if key in node:
+            _fill_defaults(node[key], sub, root)
+    additional = schema.get("additionalProperties")
+    if isinstance(additional, dict):
+        for key, value in node.items():
+            if key not in properties:
+                _fill_defaults(value, additional, root)
+
+
+def _resolve_ref(schema: dict, root: dict) -> dict:
+    ref = schema.get("$ref")
+    if ref is None:
+        return schema
+    node = root
+    for part in ref.removeprefix("#/").split("/"):
+        node = node[part]
+    return _resolve_ref(node, root)
+
+
+def read_config_file(path: str | Path) -> dict:
+    """The mapping of keys in one YAML config file (``1e-4`` reads as a number)."""
+    from gbm.config import parse_yaml
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"config file {path} does not exist")
-    config = yaml.safe_load(path.read_text()) or {}
+    config = parse_yaml(path.read_text()) or {}
     if not isinstance(config, dict):
         raise ConfigError(f"config file {path}: expected a mapping of keys, got {type(config).__name__}")
+    return config
+
+
+def parse_overrides(items: Sequence[str]) -> dict:
+    """``--config KEY=VALUE`` overrides as a mapping; each VALUE is YAML (``evaluation={n_samples: 50}``)."""
+    from gbm.config import parse_yaml
+
+    overrides: dict = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--config {item!r}: expected KEY=VALUE")
+        _merge(overrides, {key: parse_yaml(text)})
+    return overrides
+
+
+def _merge(base: dict, update: dict) -> dict:
+    """Merge ``update`` into ``base`` in place: mappings key by key, anything else replaced."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = copy.deepcopy(value)
+    return base
+
+
+def resolve_config(configfiles: Sequence[str | Path], overrides: dict | None = None,
+                   default: str | Path = DEFAULT_CONFIG_PATH) -> dict:
+    """The configuration of one run: the given config files alone (merged in order) or else ``default``,
+    then ``overrides`` (``--config``), checked and completed only with the schema's defaults."""
+    config: dict = {}
+    for path in list(configfiles) or [default]:
+        _merge(config, read_config_file(path))
+    _merge(config, overrides or {})
     check_config(config)
     return with_defaults(config)
+
+
+def resolved_config_text(config: dict, configfiles: Sequence[str | Path], overrides: Sequence[str]) -> str:
+    """The YAML record of a run's configuration, headed by where it came from."""
+    sources = ", ".join(str(p) for p in configfiles) or f"{DEFAULT_CONFIG_PATH.relative_to(REPO_ROOT)} (no --configfile)"
+    header = [
+        "# Resolved configuration of the last pipeline run (written by `gbm write-config`): exactly what ran.",
+        f"# Config file(s): {sources}",
+        f"# --config overrides: {' '.join(overrides) if overrides else 'none'}",
+        "# Every other key: the documented default of workflow/schemas/config.schema.yaml.",
+    ]
+    return "\n".join(header) + "\n" + yaml.safe_dump(config, sort_keys=False, default_flow_style=None, width=110)
+
+
+def load_config(path: str | Path) -> dict:
+    """Read, validate and complete one benchmark configuration file (as ``--configfile PATH`` does)."""
+    return resolve_config([path])
 
 
 @dataclass(frozen=True)
@@ -218,6 +304,28 @@ def check_training_configs(config: dict) -> None:
         except ValueError as error:
             key, _, message = str(error).partition(": ")
             raise ConfigError(f"config key '{key}': {message} (training configuration of method {method!r})") from None
+        check_open_sections(config, method)
+
+
+def check_open_sections(config: dict, entry: str) -> None:
+    """Refuse ``sde`` and ``loss`` keys (open in the schema) that the entry's method does not take."""
+    from gbm.methods import get_method
+
+    spec = config["methods"][entry]
+    method = get_method(method_name(config, entry))
+    fitted = sorted(set(method.fitted_params) & set(spec["sde"]))
+    if fitted:
+        raise ConfigError(f"config key 'methods.{entry}.sde.{fitted[0]}': fitted from the training data by "
+                          f"method {method.name!r}; do not set it")
+    try:
+        method.make_sde(**spec["sde"])
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"config key 'methods.{entry}.sde': {str(error).removeprefix('sde: ')}") from None
+    try:
+        method.check_loss_options(spec["loss"])
+    except ValueError as error:
+        key, _, message = str(error).partition(": ")
+        raise ConfigError(f"config key 'methods.{entry}.{key}': {message}") from None
 
 
 def training_overrides(config: dict, dataset: str, method: str, seed: int) -> list[str]:

@@ -2,7 +2,9 @@
 
 ``aggregate`` reads each evaluated sampler's ``metrics.json`` (from ``gbm score``) and ``samples.json``
 (from ``gbm sample``) into one row per run; ``benchmark_table`` groups rows by dataset × method × sampler ×
-step count and reports FID and KID as mean ± std over training seeds, with N, NFE and the reference split.
+step count and reports FID and KID as mean ± std over training seeds, with N, NFE and the reference split,
+and the largest share of non-finite images (``nonfinite``, non-zero only for ``--allow-nonfinite`` samples).
+Failed evaluations (``gbm.pipeline.failures``) are listed beside the tables, never left out silently.
 """
 
 from __future__ import annotations
@@ -68,6 +70,7 @@ def evaluation_row(metrics_path: Path) -> dict:
         "library": _pick(metrics, "library"),
         "fraction_clamped": _pick(stats, "fraction_clamped"),
         "fraction_negative": _pick(stats, "fraction_negative"),
+        "nonfinite": _pick(stats, "nonfinite", default=0.0),
         "sample_wall_s": _pick(stats, "wall_time_s", "wall_time", "wall_s"),
         "score_wall_s": _pick(metrics, "wall_time_s", "wall_time", "wall_s"),
         "path": str(eval_dir),
@@ -90,6 +93,17 @@ def aggregate(metrics_paths: list[Path]) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(GROUP + ["seed"]).reset_index(drop=True)
 
 
+FAILED_COLUMNS = ["dataset", "method", "seed", "sampler", "steps", "stage", "reason", "path"]
+
+
+def failed_table(failed: list[tuple[Path, Path]]) -> pd.DataFrame:
+    """``failed.csv``: one row per failed evaluation ``(eval_dir, sample log)``, the reason read from its log."""
+    from gbm.pipeline.failures import failed_row, sampling_failure
+
+    rows = [failed_row(eval_dir, sampling_failure(log)) for eval_dir, log in failed]
+    return pd.DataFrame(rows, columns=FAILED_COLUMNS)
+
+
 def _mean_std(values: pd.Series) -> tuple[float, float]:
     values = values.dropna().astype(float)
     if values.empty:
@@ -107,6 +121,7 @@ def benchmark_table(runs: pd.DataFrame) -> pd.DataFrame:
                          n=group["n"].iloc[0], reference_split=group["reference_split"].iloc[0],
                          guided=bool(group["guided"].any()) if "guided" in group else False,
                          prior=", ".join(sorted(set(group["prior"]))) if "prior" in group else "n/a",
+                         nonfinite=float(group["nonfinite"].fillna(0).max()) if "nonfinite" in group else 0.0,
                          seeds=len(group), fid_mean=fid_mean, fid_std=fid_std, kid_mean=kid_mean, kid_std=kid_std))
     return pd.DataFrame(rows)
 
@@ -137,7 +152,7 @@ def _pm(mean: float, std: float, digits: int, latex: bool = False) -> str:
 
 
 def _display(table: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
-    return pd.DataFrame({
+    shown = pd.DataFrame({
         "Dataset": table["dataset"],
         "Method": table["method"],
         "Sampler": [f"{s} + guidance{GUIDANCE_MARK}" if g else s for s, g in zip(table["sampler"], table["guided"])],
@@ -150,6 +165,9 @@ def _display(table: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
         "FID": [_pm(m, s, 2, latex) for m, s in zip(table["fid_mean"], table["fid_std"])],
         "KID ×10³": [_pm(1e3 * m, 1e3 * s, 2, latex) for m, s in zip(table["kid_mean"], table["kid_std"])],
     })
+    if (table["nonfinite"] > 0).any():
+        shown["Non-finite %"] = [f"{100 * v:.1f}" for v in table["nonfinite"]]
+    return shown
 
 
 def _floor_display(floor: pd.DataFrame) -> pd.DataFrame:
@@ -182,8 +200,11 @@ def latex(table: pd.DataFrame, caption: str, label: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(runs: pd.DataFrame, floor: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
-    """benchmark.{csv,md,tex} and floor.{csv,md,tex} under ``out_dir``; returns the paths written."""
+def write_tables(runs: pd.DataFrame, floor: pd.DataFrame, out_dir: Path, name: str,
+                 failed: pd.DataFrame | None = None) -> list[Path]:
+    """benchmark.{csv,md,tex} and floor.{csv,md,tex} under ``out_dir``; returns the paths written.
+
+    ``failed`` (``failed.csv``): evaluations without metrics, named under the Markdown table and in the caption."""
     out_dir = Path(out_dir)
     table = benchmark_table(runs)
     n = ", ".join(sorted({str(int(v)) for v in table["n"].dropna()})) or "n/a"
@@ -192,10 +213,19 @@ def write_tables(runs: pd.DataFrame, floor: pd.DataFrame, out_dir: Path, name: s
     caption += " " + PRIOR_NOTE
     if table["guided"].any():
         caption += " " + GUIDANCE_NOTE
+    if (table["nonfinite"] > 0).any():
+        caption += (" Non-finite %: share of images whose sampler state became NaN or infinite (sampled with "
+                    "--allow-nonfinite); their FID/KID are not those of a working sampler.")
+    failures = ""
+    if failed is not None and len(failed):
+        caption += f" {len(failed)} evaluation(s) failed and are not in the table (failed.csv)."
+        failures = "\nFailed evaluations (no metrics):\n\n" + "\n".join(
+            f"- {r.dataset} / {r.method} / seed {r.seed} / {r.sampler} / {r.steps} steps: {r.reason}"
+            for r in failed.itertuples(index=False)) + "\n"
     floor_caption = f"Real-vs-real floor (benchmark '{name}'): the same N and feature extractor."
     written = {
         "benchmark.csv": table.to_csv(index=False),
-        "benchmark.md": markdown(_display(table), caption),
+        "benchmark.md": markdown(_display(table), caption) + failures,
         "benchmark.tex": latex(_display(table, latex=True), caption.replace("±", r"$\pm$"), "tab:benchmark"),
         "floor.csv": floor.to_csv(index=False),
         "floor.md": markdown(_floor_display(floor), floor_caption),

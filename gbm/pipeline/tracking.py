@@ -33,6 +33,8 @@ from typing import Iterator
 
 import yaml
 
+from gbm.pipeline.config import RESOLVED_CONFIG_NAME
+
 STORE_NAME = "mlflow.db"
 ARTIFACTS_NAME = "mlartifacts"
 MAX_CURVE_POINTS = 2000
@@ -134,6 +136,7 @@ def training_record(seed_dir: Path, config_name: str) -> Record:
     flat: dict = {}
     _flatten("", _read_json(run_dir / "train_metrics.json"), flat)
     files = [run_dir / name for name in ("config.yaml", "environment.json", "train_metrics.json", "loss.csv")]
+    files.append(seed_dir.parents[2] / RESOLVED_CONFIG_NAME)  # the pipeline run's whole configuration
     record = Record(
         key=f"{dataset}/{method}/seed{seed}", name=f"{dataset}/{method}/seed{seed}", tags=tags, params=params,
         metrics={f"train.{k}": v for k, v in _numeric(flat).items()}, curve=_loss_curve(run_dir / "loss.csv"),

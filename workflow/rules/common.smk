@@ -6,25 +6,35 @@ import shlex
 import sys
 from pathlib import Path
 
-from snakemake.utils import validate
-
 sys.path.insert(0, workflow.basedir)
 
 from gbm.pipeline.config import (  # noqa: E402
-    check_config,
+    RESOLVED_CONFIG_NAME,
     method_name,
     evaluations,
+    parse_overrides,
+    resolve_config,
     sampler_name,
     sampler_guidance,
     sampler_options,
     sampler_prior,
     training_overrides,
-    with_defaults,
 )
+from gbm.pipeline.failures import COMMAND_PREFIX, sampling_failure  # noqa: E402
 
-check_config(config)  # named-key messages: "config key 'methods.vp.samplers.em.steps[0]': ..."
-validate(config, "../schemas/config.schema.yaml", set_default=True)
-config.update(with_defaults(config))
+# The run's configuration: the --configfile file(s) (also those a profile names) alone, or else
+# config/config.yaml, then the --config overrides; completed only by the schema's defaults. Snakemake's own
+# merge (the CLI config files on top of a `configfile:`) is replaced. Spawned cluster jobs receive the same
+# --configfiles and --config arguments, so they resolve the same configuration.
+# Errors name the key: "config key 'methods.vp.samplers.em.steps[0]': ...".
+CONFIG_FILES = [str(path) for path in workflow.config_settings.configfiles]
+CONFIG_OVERRIDES = list(workflow.config_settings.config_args or [])
+_resolved = resolve_config(
+    CONFIG_FILES, parse_overrides(CONFIG_OVERRIDES), default=Path(workflow.basedir) / "config" / "config.yaml"
+)
+config.clear()
+config.update(_resolved)
+RESOLVED_CONFIG = f"results/{RESOLVED_CONFIG_NAME}"
 
 # Extra method modules (config key method_modules) are registered in every job through the environment.
 os.environ["GBM_METHOD_MODULES"] = os.pathsep.join(
@@ -91,10 +101,41 @@ def sample_args(wildcards):
     return " ".join(shlex.quote(a) for a in args)
 
 
+def sample_log(e):
+    return f"results/logs/sample/{e.dataset}_{e.method}_seed{e.seed}_{e.sampler}_steps{e.steps}.log"
+
+
+def sample_command(e):
+    """The `gbm sample` command of an evaluation (or of the sample rule's wildcards); its log starts with it."""
+    return (
+        f"gbm sample results/{e.dataset}/{e.method}/seed{e.seed}/run {sample_args(e)} --steps {e.steps} "
+        f"--n {config['evaluation']['n_samples']} --batch-size {config['evaluation']['batch_size']} --seed-start 0 "
+        f"--out results/{e.dataset}/{e.method}/seed{e.seed}/{e.sampler}/steps{e.steps}/samples.npz"
+    )
+
+
+# Evaluations whose sampling failed (e.g. diverged) with the command the pipeline would run now: their
+# sample log records the error and no sample file exists. They are listed in results/tables/failed.csv and
+# left out of the tables and figures, so the rest of a `--keep-going` benchmark still reports. Changing the
+# sampler's settings (a new command) retries them.
+FAILED = [
+    e
+    for e in EVALUATIONS
+    if not os.path.exists(f"{e.directory}/samples.npz") and sampling_failure(sample_log(e), sample_command(e))
+]
+SCORED = [e for e in EVALUATIONS if e not in FAILED]
+
+
+def neighbour_bank_args():
+    """``--data-limit N`` when the neighbour search is limited to the first N training images, else nothing."""
+    limit = config["evaluation"]["neighbours"]["training_images"]
+    return f"--data-limit {limit}" if limit is not None else ""
+
+
 def evaluation_dirs(dataset=None, method=None, seed=None):
     return [
         e.directory
-        for e in EVALUATIONS
+        for e in SCORED
         if (dataset is None or e.dataset == dataset)
         and (method is None or e.method == method)
         and (seed is None or e.seed == int(seed))
@@ -104,7 +145,7 @@ def evaluation_dirs(dataset=None, method=None, seed=None):
 def shown_evaluations():
     """One evaluation per dataset x method x sampler for the image figures: first seed, most steps."""
     shown = {}
-    for e in EVALUATIONS:
+    for e in SCORED:
         if e.seed == NEIGHBOUR_SEED:
             key = (e.dataset, e.method, e.sampler)
             if key not in shown or e.steps > shown[key].steps:
@@ -134,6 +175,7 @@ MISMATCH_METHODS = {m: {"name": method_name(config, m), "sde": config["methods"]
 
 def all_targets():
     targets = [
+        RESOLVED_CONFIG,
         "results/tables/benchmark.csv",
         "results/tables/prior_mismatch.csv",
         "results/tables/floor.csv",

@@ -1,5 +1,7 @@
 # Evaluation of every trained model: sample (sampler x step count), score (FID/KID against the
 # reference split; reference statistics are cached by `gbm score`), nearest neighbours for the figure.
+# A sampler that diverges fails its sample job (gbm sample exits 2, writes nothing); its log starts with the
+# command (common.smk: FAILED), so a later run lists it in results/tables/failed.csv instead of waiting on it.
 
 
 rule sample:
@@ -10,10 +12,8 @@ rule sample:
         samples="results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/samples.npz",
         stats="results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/samples.json",
     params:
-        run_dir=run_dir,
-        sampler=sample_args,
-        n=config["evaluation"]["n_samples"],
-        batch_size=config["evaluation"]["batch_size"],
+        command=sample_command,
+        record=lambda wildcards: COMMAND_PREFIX + sample_command(wildcards),
     log:
         "results/logs/sample/{dataset}_{method}_seed{seed}_{sampler}_steps{steps}.log",
     benchmark:
@@ -25,8 +25,7 @@ rule sample:
         runtime=config["runtime"]["sample"],
     shell:
         "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
-        "python -m gbm.pipeline.devices -- gbm sample {params.run_dir} {params.sampler} --steps {wildcards.steps} "
-        "--n {params.n} --batch-size {params.batch_size} --seed-start 0 --out {output.samples} > {log} 2>&1"
+        "printf '%s\\n' {params.record:q} > {log}; python -m gbm.pipeline.devices -- {params.command} >> {log} 2>&1"
 
 
 rule score:
@@ -62,7 +61,7 @@ rule neighbours:
         "results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/neighbours.npz",
     params:
         queries=config["evaluation"]["neighbours"]["queries"],
-        bank=config["evaluation"]["neighbours"]["training_images"],
+        bank=neighbour_bank_args(),
         k=config["evaluation"]["neighbours"]["k"],
     log:
         "results/logs/neighbours/{dataset}_{method}_seed{seed}_{sampler}_steps{steps}.log",
@@ -76,4 +75,4 @@ rule neighbours:
     shell:
         "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
         "python -m gbm.pipeline.devices -- gbm neighbours --data {input.data} --samples {input.samples} "
-        "--n {params.queries} --data-limit {params.bank} --k {params.k} --out {output} > {log} 2>&1"
+        "--n {params.queries} {params.bank} --k {params.k} --out {output} > {log} 2>&1"

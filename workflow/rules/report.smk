@@ -4,21 +4,26 @@
 
 rule aggregate:
     input:
-        metrics=[f"{e.directory}/metrics.json" for e in EVALUATIONS],
-        stats=[f"{e.directory}/samples.json" for e in EVALUATIONS],
+        metrics=[f"{e.directory}/metrics.json" for e in SCORED],
+        stats=[f"{e.directory}/samples.json" for e in SCORED],
     output:
-        "results/tables/metrics.csv",
+        metrics="results/tables/metrics.csv",
+        failed=report("results/tables/failed.csv", caption="../report/failed.rst", category="Tables"),
+    params:
+        failed=" ".join(f"--failed {e.directory} {sample_log(e)}" for e in FAILED),
     log:
         "results/logs/report/aggregate.log",
     benchmark:
         "results/benchmarks/report/aggregate.tsv"
     shell:
-        "gbm report aggregate {input.metrics} --out {output} > {log} 2>&1"
+        "gbm report aggregate {input.metrics} --out {output.metrics} {params.failed} --failed-out {output.failed} "
+        "> {log} 2>&1"
 
 
 rule tables:
     input:
         metrics="results/tables/metrics.csv",
+        failed="results/tables/failed.csv",
         floors=expand("results/{dataset}/floor.json", dataset=DATASETS),
     output:
         table=report("results/tables/benchmark.csv", caption="../report/table.rst", category="Tables"),
@@ -34,7 +39,7 @@ rule tables:
     benchmark:
         "results/benchmarks/report/tables.tsv"
     shell:
-        "gbm report tables --metrics {input.metrics} --floor {input.floors} --name {params.name} "
+        "gbm report tables --metrics {input.metrics} --failed {input.failed} --floor {input.floors} --name {params.name} "
         "--out-dir results/tables > {log} 2>&1"
 
 

@@ -5,6 +5,7 @@
 rule track:
     input:
         run="results/{dataset}/{method}/seed{seed}/run/train_metrics.json",
+        config=RESOLVED_CONFIG,  # logged as an artifact of the training run
         metrics=lambda wildcards: [
             f"{d}/metrics.json" for d in evaluation_dirs(wildcards.dataset, wildcards.method, wildcards.seed)
         ],
