@@ -97,24 +97,26 @@ class TrainingSetup:
     loss_fn: Callable
     data: TrainingData
     data_record: dict
+    priors: dict  # fitted statistics of the method's named priors (``Method.fit_priors``), stored in model.pt
 
 
-def _load_data(config: Config, method: Method) -> tuple[torch.Tensor, Callable | None, dict]:
+def _load_data(config: Config, method: Method) -> tuple[torch.Tensor, torch.Tensor | None, Callable | None, dict]:
     data = config.data
     if data.toy is not None:
         if data.toy not in TOY_DATASETS:
             raise ValueError(f"data.toy: unknown toy dataset {data.toy!r}; choose one of {sorted(TOY_DATASETS)}")
         values = TOY_DATASETS[data.toy](data.n, torch.Generator().manual_seed(config.seed))
-        return values, None, {"toy": data.toy, "n": data.n, "space": "toy"}
+        return values, None, None, {"toy": data.toy, "n": data.n, "space": "toy"}
     from gbm.data import load_prepared
 
     prepared = load_prepared(data.path)
     images = torch.from_numpy(np.ascontiguousarray(prepared.images(data.split)))
+    labels = torch.from_numpy(prepared.labels(data.split))
     if data.limit is not None:
-        images = images[: data.limit]
+        images, labels = images[: data.limit], labels[: data.limit]
     record = {"path": str(data.path), "split": data.split, "limit": data.limit, "space": method.data_space,
               "dataset": prepared.meta.get("name"), "meta": prepared.meta}
-    return images, method.to_data, record
+    return images, labels, method.to_data, record
 
 
 def _build_backbone(config: Config, sde: SDE, shape: tuple[int, ...]) -> nn.Module:
@@ -148,10 +150,11 @@ def prepare(config: Config, device: str | torch.device = "auto") -> TrainingSetu
         raise ValueError(f"sde: bad parameter for {config.sde.name!r}: {error}") from None
     method.make_loss(sde, **config.loss)  # checks the loss options before the data is read
 
-    values, to_data_space, data_record = _load_data(config, method)
+    values, labels, to_data_space, data_record = _load_data(config, method)
     full = values.float() if to_data_space is None else to_data_space(values)
     method.check_data(full, "data")
     sde = method.fit(sde, full)
+    priors = method.fit_priors(sde, full, labels, data_record.get("dataset"))
     loss_fn = method.make_loss(sde, **config.loss)
     del full
     if len(values) < config.train.batch_size:
@@ -162,7 +165,7 @@ def prepare(config: Config, device: str | torch.device = "auto") -> TrainingSetu
     model = ScoreModel(sde, backbone, config.model.parameterisation)
     data = TrainingData(values, to_data_space, config.seed, device)
     data_record |= {"shape": list(data.shape), "n_train": len(data)}
-    return TrainingSetup(config, device, sde, backbone, model, loss_fn, data, data_record)
+    return TrainingSetup(config, device, sde, backbone, model, loss_fn, data, data_record, priors)
 
 
 def model_record(setup: TrainingSetup, ema: EMA, step: int) -> dict:
@@ -178,6 +181,7 @@ def model_record(setup: TrainingSetup, ema: EMA, step: int) -> dict:
         "parameterisation": setup.model.parameterisation,
         "loss": describe_loss(setup.loss_fn),
         "data": setup.data_record,
+        "priors": setup.priors,
         "config": setup.config.to_dict(),
         "state_dict": {k: v.detach().cpu() for k, v in ema.shadow.items()},
     }

@@ -33,27 +33,39 @@ def dry_run_counts(tmp_path: Path, configfile: Path | None = None) -> dict[str, 
 
 def test_default_benchmark_dag_has_one_model_per_dataset_method_seed(tmp_path):
     counts = dry_run_counts(tmp_path)
-    # 2 datasets x (gbm, gbm-tuned, vp) x 2 seeds; gbm: 2 samplers x 2 step counts, gbm-tuned: dale-langevin
-    # x 2 step counts, vp: em x 2 step counts. Inception runs in floor (reference and neighbour bank, once per
-    # dataset) and score (the samples) only.
+    # 2 datasets x (gbm, gbm-tuned, vp) x 2 seeds; gbm: 2 samplers x 2 step counts from the iid prior and 2
+    # samplers x 1 step count from the correlated prior, gbm-tuned: dale-langevin x 2 step counts, vp: em x 2
+    # step counts. Inception runs in floor (reference and neighbour bank, once per dataset) and score only.
     assert counts == {
-        "resolved_config": 1, "prepare_data": 2, "floor": 2, "train": 12, "sample": 32, "score": 32,
-        "neighbours": 8, "track": 12, "aggregate": 1, "tables": 1, "comparisons": 1, "figure_samples": 1,
+        "resolved_config": 1, "prepare_data": 2, "floor": 2, "train": 12, "sample": 40, "score": 40,
+        "neighbours": 12, "track": 12, "aggregate": 1, "tables": 1, "comparisons": 1, "figure_samples": 1,
         "figure_neighbours": 1, "figure_forward": 1, "figure_trajectories": 1, "figure_toy": 1, "figure_nfe": 1,
-        "figure_loss": 1, "timing": 1, "all": 1, "total": 113,
+        "figure_loss": 1, "timing": 1, "prior_mismatch": 1, "all": 1, "total": 134,
     }
 
 
 def test_paper_dag_covers_three_datasets_every_method_three_seeds(tmp_path):
     counts = dry_run_counts(tmp_path, REPO / "config" / "paper.yaml")
     # 3 datasets x 9 method entries (5 methods + the GBM variants uniform-eps, tuned, sigma0p5, sigma1p2) x
-    # 3 seeds = 81 models; per dataset and seed 8 + 1 guided + 3 sqrt-t GBM, 3 + 6 + 2 + 2 GBM-variant,
-    # 3 x 5 + 1 guided additive and 6 CLD evaluations = 47, so 423 sample and score jobs.
+    # 3 seeds = 81 models; per dataset and seed the sqrt-t, other-prior and guided GBM rows and the additive
+    # and CLD rows give 51 evaluations, so 459 sample and score jobs (guidance sweep apart).
     assert counts["prepare_data"] == 3
     assert counts["train"] == 81
-    assert counts["sample"] == counts["score"] == 423
+    assert counts["sample"] == counts["score"] == 459
     assert counts["track"] == 81
-    assert counts["neighbours"] == 3 * (6 + 1 + 2 + 1 + 1 + 4 + 3 + 3 + 2)
+    assert counts["neighbours"] == 81
+
+
+def test_prior_rows_pass_their_prior_to_gbm_sample(tmp_path):
+    target = "results/mnist/gbm/seed0/dale-langevin-correlated/steps100/samples.npz"
+    out = subprocess.run(SNAKEMAKE + ["-n", "-p", "--directory", str(tmp_path), target],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr + out.stdout
+    command = next(line for line in out.stdout.splitlines() if "gbm sample" in line)
+    assert "--sampler dale-langevin" in command and "--prior correlated" in command
+    config = edit(good_config(), "methods.gbm.samplers.dale-langevin-low",
+                  {"sampler": "dale-langevin", "prior": "correlated", "prior_options": {"rank": 8}, "steps": [2]})
+    check_config(config)
 
 
 def test_guided_paper_rows_pass_the_guidance_and_the_train_split_bank_to_gbm_sample(tmp_path):
@@ -114,6 +126,10 @@ BAD_CONFIGS = [
     ("methods.vp.loss", {"weighting": "x"}, "methods.vp.loss.weighting"),
     ("evaluation.neighbours.bank", 5, "evaluation.neighbours.bank"),
     ("evaluaton", {}, "evaluaton"),
+    ("methods.vp.samplers.em.prior", "correlated", "methods.vp.samplers.em.prior"),
+    ("methods.gbm.samplers.dale-langevin.prior", "gaussian", "methods.gbm.samplers.dale-langevin.prior"),
+    ("methods.gbm.samplers.dale-langevin.prior_options", {"rank": 0},
+     "methods.gbm.samplers.dale-langevin.prior_options.rank"),
     ("methods.gbm.samplers.dale-langevin", {"steps": [5], "options": {"delta": 50}},
      "methods.gbm.samplers.dale-langevin"),
     ("comparisons", {"baseline": {"method": "ve", "sampler": "em"}}, "comparisons.baseline.method"),

@@ -40,8 +40,8 @@ def fake_results(root: Path, seeds=(0, 1, 2)) -> Path:
                 "job": {"started_at": JOB_START + 60, "finished_at": JOB_START + 90, "wall_time_s": 30.0}}))
             (evaluation / "samples.json").write_text(json.dumps({
                 "sampler": sampler, "steps": 10, "nfe": 10, "wall_time_s": 0.25, "fraction_clamped": 0.01,
-                "prior": "lognormal", "job": {"started_at": JOB_START, "finished_at": JOB_START + 20,
-                                              "wall_time_s": 20.0}}))
+                "prior": "iid" if method == "gbm" else "fixed",
+                "job": {"started_at": JOB_START, "finished_at": JOB_START + 20, "wall_time_s": 20.0}}))
             np.savez(evaluation / "samples.npz", images=np.zeros((8, 1, 28, 28), np.uint8), seeds=np.arange(8))
     return results
 
@@ -75,6 +75,7 @@ def test_concurrent_jobs_never_lose_a_record(tmp_path):
                       and r.data.tags["method"] == "gbm")
     assert evaluation.data.metrics["fid"] == 34.0 and evaluation.data.metrics["sample.nfe"] == 10
     assert evaluation.data.tags["row"] == "mnist|gbm|dale-langevin|10"
+    assert evaluation.data.tags["prior"] == "iid"
     parent = next(r for r in runs if r.info.run_id == evaluation.data.tags["mlflow.parentRunId"])
     assert parent.data.tags["kind"] == "training" and parent.data.params["train.steps"] == "4"
 
@@ -162,9 +163,18 @@ def test_table_reports_mean_and_std_over_seeds_with_n_nfe_and_split(tmp_path):
 
     write_tables(runs, floor_table([floor]), tmp_path / "tables", "test")
     markdown = (tmp_path / "tables" / "benchmark.md").read_text()
-    assert "| mnist | gbm | dale-langevin | 10 | 10 | 8 | test | 3 | 34.00 ± 4.00 |" in markdown
+    assert "| mnist | gbm | dale-langevin | iid | 10 | 10 | 8 | test | 3 | 34.00 ± 4.00 |" in markdown
+    assert "| mnist | vp | em | fixed | 10 |" in markdown and "'iid' is the paper's" in markdown
     assert r"34.00 $\pm$ 4.00" in (tmp_path / "tables" / "benchmark.tex").read_text()
     assert pd.read_csv(tmp_path / "tables" / "floor.csv")["fid"].tolist() == [3.5]
+
+
+def test_prior_column_names_the_start_distribution_and_its_rank(tmp_path):
+    results = fake_results(tmp_path, seeds=(0,))
+    stats = results / "mnist" / "gbm" / "seed0" / "dale-langevin" / "steps10" / "samples.json"
+    stats.write_text(json.dumps(json.loads(stats.read_text()) | {"prior": "correlated", "prior_options": {"rank": 64}}))
+    table = benchmark_table(aggregate(sorted(results.glob("*/*/seed*/*/steps*/metrics.json")))).set_index("method")
+    assert table.loc["gbm", "prior"] == "correlated (rank 64)" and table.loc["vp", "prior"] == "fixed"
 
 
 def test_single_seed_rows_show_no_spread_rather_than_zero(tmp_path):

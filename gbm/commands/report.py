@@ -143,6 +143,25 @@ def _guidance_sweep(args) -> int:
     return 0
 
 
+def _prior_mismatch(args) -> int:
+    from gbm.pipeline.prior_mismatch import mismatch_figure, mismatch_rows, write_mismatch
+
+    methods = json.loads(args.methods)
+    if not isinstance(methods, dict) or not all(isinstance(v, dict) and "name" in v for v in methods.values()):
+        raise ValueError('--methods: expected JSON {"ENTRY": {"name": METHOD, "sde": {...}}, ...}')
+    if any(not v > 0 for v in args.sigma2_t):
+        raise ValueError(f"--sigma2-t: every value must be positive, got {args.sigma2_t}")
+    if args.limit is not None and args.limit < 4:
+        raise ValueError(f"--limit: need at least 4 training images, got {args.limit}")
+    rows = [row for data in args.data
+            for row in mismatch_rows(Path(data), methods, args.held_out, tuple(args.sigma2_t), args.limit)]
+    written = write_mismatch(rows, Path(args.out_dir))
+    if args.figure:
+        mismatch_figure(rows, Path(args.figure))
+    print("\n".join(str(p) for p in written))
+    return 0
+
+
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser("report", help="aggregate metrics, write tables and figures",
                                    description=__doc__.splitlines()[0])
@@ -236,3 +255,15 @@ def add_parser(subparsers) -> None:
     p.add_argument("--threads", type=int, required=True, help="threads of each compute job")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_timing)
+
+    p = steps.add_parser("prior-mismatch", help="distance of each start distribution from p_T (table + figure)")
+    p.add_argument("--data", nargs="+", required=True, help="prepared datasets (.npz)")
+    p.add_argument("--methods", required=True, help='JSON {"ENTRY": {"name": METHOD, "sde": {...}}, ...}')
+    p.add_argument("--held-out", type=int, default=10000,
+                   help="last training images held out as p_T's sample (at most half of them)")
+    p.add_argument("--limit", type=int, help="use only the first N training images (the config's data_limit)")
+    p.add_argument("--sigma2-t", type=float, nargs="*", default=[0.04, 0.16, 0.36, 0.64, 1.0, 2.56, 6.25],
+                   help="sigma^2 T values of the figure (GBM; T kept, sigma varied)")
+    p.add_argument("--out-dir", required=True, help="writes prior_mismatch.{csv,md,tex}")
+    p.add_argument("--figure", help="PNG (and PDF) of the mismatch against sigma^2 T")
+    p.set_defaults(func=_prior_mismatch)

@@ -1,8 +1,10 @@
 """``gbm sample RUN_DIR --sampler NAME --steps K --n N --out FILE.npz``: draw images from a trained run.
 
-Uses the run's EMA weights and the prior of the SDE stored in ``model.pt``. Image i is drawn from seed
-``seed_start + i`` alone (``gbm.seeding.PerSampleGenerator``), whatever the batch size or device — except
-with ``--guidance repel=true`` (the default when guiding), whose particle term couples a batch's images.
+Uses the run's EMA weights and starts from the prior named by ``--prior`` (a method's default without it;
+the SDE's own prior for methods without named priors), fitted at training and stored in ``model.pt``. Image
+i is drawn from seed ``seed_start + i`` alone (``gbm.seeding.PerSampleGenerator``), whatever the batch size
+or device — except with ``--guidance repel=true`` (the default when guiding), whose particle term couples a
+batch's images.
 
 A sampler whose state becomes non-finite stops the command with ``SamplerDiverged`` (exit status 2) and
 nothing is written; with ``--allow-nonfinite`` the files are written and record the fraction of non-finite
@@ -41,6 +43,13 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--final-denoise-steps", type=int, help="GBM: noise-free updates at the last level")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="any other sampler option (YAML-parsed), e.g. --option snr=0.16; repeatable")
+    parser.add_argument("--prior", metavar="NAME",
+                        help="start distribution x_T for methods with named priors (GBM: iid (the paper's, "
+                             "default), correlated, class-mean, authors); statistics come from model.pt "
+                             "(older models: gbm fit-prior RUN_DIR)")
+    parser.add_argument("--prior-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="prior option (YAML-parsed), e.g. --prior-option rank=64 for a low-rank "
+                             "plus diagonal 'correlated' prior; repeatable")
     parser.add_argument("--guidance", action="append", default=[], metavar="KEY=VALUE",
                         help="closed-form kernel discriminator guidance (a reconstruction of SPEC §7) for any sampler; "
                              "keys weight, schedule (constant|noisy|clean), kernel (polyharmonic|gaussian|imq), "
@@ -67,6 +76,17 @@ def sampler_options(args) -> dict:
     for item in args.option:
         if "=" not in item:
             raise ValueError(f"--option {item!r}: expected KEY=VALUE")
+        key, text = item.split("=", 1)
+        options[key.strip().replace("-", "_")] = parse_yaml(text)
+    return options
+
+
+def prior_options(args) -> dict:
+    """``--prior-option KEY=VALUE`` pairs as a dict (values YAML-parsed)."""
+    options = {}
+    for item in args.prior_option:
+        if "=" not in item:
+            raise ValueError(f"--prior-option {item!r}: expected KEY=VALUE")
         key, text = item.split("=", 1)
         options[key.strip().replace("-", "_")] = parse_yaml(text)
     return options
@@ -106,6 +126,7 @@ def run(args) -> int:
 
     from gbm import pixels
     from gbm.guidance import guided_from_options, options_from_pairs
+    from gbm.methods import method_of
     from gbm.pipeline.live_tracking import job_record, process_start_time
     from gbm.models import state_shape
     from gbm.data.atomic import write_stream_atomic
@@ -123,6 +144,9 @@ def run(args) -> int:
     model, record = load_model(args.run_dir, device)
     sde = model.sde
     sampler_fn = validate_request(sde, args.sampler, args.steps, options)
+    method, start_options = method_of(sde), prior_options(args)
+    prior, _ = method.check_start(record, args.prior, start_options)
+    prior_name = prior.name if prior is not None else "fixed"
     score_fn, guidance = model, None
     if guidance_options is not None:
         images, source = _guidance_bank(args, record)
@@ -143,7 +167,7 @@ def run(args) -> int:
     for start in range(0, args.n, args.batch_size):
         chunk = seeds[start:start + args.batch_size].tolist()
         generator = PerSampleGenerator(chunk)
-        x_T = sde.prior_sample((len(chunk), *sample_shape), noise=generator.randn(sample_shape).to(device))
+        x_T = method.start(sde, record, args.prior, start_options, (len(chunk), *sample_shape), generator, device)
         try:
             result = sample(sde, score_fn, x_T, method=args.sampler, steps=args.steps, generator=generator,
                             allow_nonfinite=args.allow_nonfinite, **options_run)
@@ -176,6 +200,8 @@ def run(args) -> int:
         "nfe": nfes[0] if len(set(nfes)) == 1 else float(np.mean(nfes)),
         "nfe_per_batch": nfes,
         "options": options,
+        "prior": prior_name,
+        "prior_options": start_options,
         "guidance": guidance,
         "n": args.n,
         "seed_start": args.seed_start,

@@ -55,6 +55,19 @@ def metric_options(args: argparse.Namespace) -> dict:
                 sid=not args.no_sid, bootstrap_draws=args.bootstrap_draws, bootstrap_level=args.bootstrap_level)
 
 
+def sample_provenance(fake: str) -> dict | None:
+    """How a ``gbm sample`` file was drawn (sampler, steps, prior), from its ``meta``; None for other inputs."""
+    import numpy as np
+
+    if not fake.endswith(".npz"):
+        return None
+    with np.load(fake) as arrays:
+        if "meta" not in arrays or "seeds" not in arrays:
+            return None
+        meta = json.loads(str(arrays["meta"]))
+    return {key: meta.get(key) for key in ("sampler", "steps", "nfe", "prior", "prior_options")}
+
+
 def run(args: argparse.Namespace) -> int:
     from gbm.data.prepared import is_split_name
     from gbm.pipeline.live_tracking import job_record, process_start_time
@@ -65,5 +78,8 @@ def run(args: argparse.Namespace) -> int:
                          "train-minus-validation-N")
     result = score(args.real, args.fake, n=args.n, real_split=args.real_split, allow_nonfinite=args.allow_nonfinite,
                    real_features=args.real_features, save_fake_features=args.save_features, **metric_options(args))
+    provenance = sample_provenance(args.fake)
+    if provenance is not None:
+        result["samples"] = provenance
     emit(result | {"job": job_record(started_at)}, args.out)
     return 0

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
 from gbm import pixels
 from gbm.samplers import SamplerFn
 from gbm.sde import SDE
+from gbm.seeding import randn
 
 
 def no_check(x: torch.Tensor, what: str) -> None:
@@ -46,6 +47,9 @@ class Method:
     option, sampler settings that cannot be stable where the bound is known.
     ``fit``: returns the SDE with its data-dependent parameters (``fitted_params``) fitted to ``x0``.
     ``trajectory_figure``: the pipeline draws reverse-time trajectories of its samplers (SPEC §10).
+    ``priors``: named start distributions fitted at training and stored in ``model.pt`` (the interface of
+    ``gbm.methods.gbm_priors.Prior``), chosen by ``gbm sample --prior``; ``default_prior`` is used when none
+    is named. Empty: the SDE's own fixed prior (``sde.prior_sample``), and ``--prior`` is an error.
     """
 
     name: str
@@ -60,6 +64,8 @@ class Method:
     fit: Callable[[SDE, torch.Tensor], SDE] = no_fit
     fitted_params: tuple[str, ...] = ()
     trajectory_figure: bool = False
+    priors: Mapping[str, Any] = field(default_factory=dict)
+    default_prior: str | None = None
     description: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -67,6 +73,55 @@ class Method:
             raise ValueError(f"method {self.name!r}: data_space must be one of {sorted(pixels.DATA_SPACE)}")
         if not self.samplers:
             raise ValueError(f"method {self.name!r}: declares no sampler")
+        if self.priors and self.default_prior not in self.priors or not self.priors and self.default_prior:
+            raise ValueError(f"method {self.name!r}: default_prior must name one of its priors")
+
+    def get_prior(self, name: str | None, field: str = "--prior"):
+        """The named prior (the default when ``name`` is None); None for a method with one fixed prior.
+
+        An unknown name, or any name for a method without named priors, is an error naming ``field``.
+        """
+        if not self.priors:
+            if name is not None:
+                raise ValueError(f"{field}: method {self.name!r} has one fixed prior (the SDE's own); "
+                                 "named priors belong to methods that declare them (GBM)")
+            return None
+        name = self.default_prior if name is None else name
+        if name not in self.priors:
+            raise ValueError(f"{field}: unknown prior {name!r} for method {self.name!r}; "
+                             f"choose one of {sorted(self.priors)}")
+        return self.priors[name]
+
+    def fit_priors(self, sde: SDE, x0: torch.Tensor, labels: torch.Tensor | None, dataset: str | None) -> dict:
+        """Statistics of each named prior for ``model.pt``, by name. A prior this data cannot fit (no labels,
+        no constants for the dataset) is recorded as ``{"prior": name, "unavailable": reason}``."""
+        fitted = {}
+        for name, prior in self.priors.items():
+            try:
+                fitted[name] = prior.fit(sde, x0, labels, **({"dataset": dataset} if prior.needs_dataset else {}))
+            except ValueError as error:
+                fitted[name] = {"prior": name, "unavailable": str(error)}
+        return fitted
+
+    def check_start(self, record: dict, name: str | None, options: dict):
+        """The prior and its stored statistics for ``gbm sample --prior NAME --prior-option ...``, checked
+        before any sampling (``(None, None)`` for a method with one fixed prior)."""
+        prior = self.get_prior(name)
+        if prior is None:
+            if options:
+                raise ValueError(f"--prior-option: method {self.name!r} has one fixed prior without options")
+            return None, None
+        stats = prior_stats(self, prior, record)
+        prior.check_options(stats, options)
+        return prior, stats
+
+    def start(self, sde: SDE, record: dict, name: str | None, options: dict, shape, generator, device):
+        """``x_T`` of ``shape`` from the named prior with the statistics stored in the ``model.pt`` ``record``
+        (the SDE's own prior for a method without named priors); image i from ``generator``'s stream i."""
+        prior, stats = self.check_start(record, name, options)
+        if prior is None:
+            return sde.prior_sample(tuple(shape), noise=randn(shape, generator).to(device))
+        return prior.sample(sde, stats, tuple(shape), generator, device, **options)
 
     def make_sde(self, **params) -> SDE:
         """The method's SDE from its ``sde:`` parameters, naming an unknown one."""
@@ -92,6 +147,22 @@ class Method:
     def to_data(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 images -> the method's data space."""
         return pixels.DATA_SPACE[self.data_space][0](images)
+
+
+def prior_stats(method: Method, prior, record: dict) -> dict:
+    """The stored statistics of ``prior`` in a ``model.pt`` record; missing ones are an error naming ``--prior``
+    and the command that adds them. A prior whose statistics the SDE record itself holds (GBM's ``iid``) needs
+    none stored, so models trained before named priors still sample with it."""
+    stats = record.get("priors", {}).get(prior.name)
+    if stats is None:
+        stats = prior.stats_from_record(record)
+    if stats is None:
+        raise ValueError(f"--prior {prior.name}: this model.pt has no statistics for prior {prior.name!r} "
+                         f"(trained before named priors existed); add them without retraining: "
+                         f"gbm fit-prior RUN_DIR")
+    if "unavailable" in stats:
+        raise ValueError(f"--prior {prior.name}: not available for this model: {stats['unavailable']}")
+    return stats
 
 
 def keyword_options(fn: Callable) -> set[str]:

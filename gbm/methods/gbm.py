@@ -15,6 +15,7 @@ from gbm.grids import time_grid
 from gbm.losses import ScoreFn, pixel_sum_batch_mean
 from gbm.methods.base import Method
 from gbm.methods.gbm_loss_weights import WEIGHTINGS, check_weighting, paper_weight
+from gbm.methods.gbm_priors import DEFAULT_PRIOR, PRIORS
 from gbm.samplers import levels, times_like
 from gbm.sde import SDE, ScoreKind, per_channel, per_sample
 from gbm.seeding import Generator, randn, randn_like
@@ -335,5 +336,7 @@ METHOD = Method(
     fit=fit_prior,
     fitted_params=("prior_log_mean", "prior_log_std"),
     trajectory_figure=True,
+    priors=PRIORS,
+    default_prior=DEFAULT_PRIOR,
     description="geometric Brownian motion, M-DSM, multiplicative samplers (Shetty, Prasath, Seelamantula)",
 )

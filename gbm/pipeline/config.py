@@ -89,6 +89,12 @@ def check_config(config: dict) -> None:
                     f"config key '{where}': unknown sampler {sampler!r} for method {method.name!r} "
                     f"(allowed: {', '.join(allowed)})"
                 )
+            if "prior" in sampler_spec or "prior_options" in sampler_spec:
+                field = f"config key '{key}.prior'"
+                try:
+                    method.get_prior(sampler_spec.get("prior"), field=field)
+                except ValueError as error:
+                    raise ConfigError(str(error)) from None
             for dataset in sampler_spec.get("dataset_options", {}):
                 if dataset not in datasets:
                     raise ConfigError(
@@ -277,6 +283,12 @@ def sampler_options(config: dict, dataset: str, method: str, label: str) -> dict
     options = dict(spec.get("options", {}))
     options.update(spec.get("dataset_options", {}).get(dataset, {}))
     return options
+
+
+def sampler_prior(config: dict, method: str, label: str) -> tuple[str | None, dict[str, Any]]:
+    """The prior of a sampler label (None: the method's default) and its options, for ``gbm sample --prior``."""
+    spec = config["methods"][method]["samplers"][label]
+    return spec.get("prior"), dict(spec.get("prior_options", {}))
 
 
 def sampler_guidance(config: dict, method: str, label: str) -> dict[str, Any] | None:

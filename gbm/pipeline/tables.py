@@ -21,6 +21,10 @@ from gbm.data.atomic import write_text_atomic
 from gbm.pipeline.table_formats import latex, markdown
 
 GROUP = ["dataset", "method", "sampler", "steps"]
+PRIOR_NOTE = ("Prior: the start distribution x_T; for GBM 'iid' is the paper's per-channel log-normal, "
+              "'correlated' (log-Gaussian with the data's full covariance) this project's extension, "
+              "'class-mean' and 'authors' the authors' class-averaged start and hard-coded constants; "
+              "'fixed' is an additive SDE's own Gaussian prior.")
 GUIDANCE_MARK = "†"
 GUIDANCE_NOTE = f"{GUIDANCE_MARK} closed-form kernel discriminator guidance, a reconstruction (SPEC §7), not the authors' recipe."
 
@@ -59,6 +63,7 @@ def evaluation_row(metrics_path: Path) -> dict:
         "sampler": eval_dir.parent.name,
         "sampler_method": _pick(stats, "sampler", default=eval_dir.parent.name),
         "guided": bool(stats.get("guidance")),
+        "prior": _prior_label(stats),
         "steps": int(eval_dir.name.removeprefix("steps")),
         "nfe": _pick(stats, "nfe", "meta.nfe"),
         "n": _pick(metrics, "n_fake", "n", "counts.fake", "num_fake", "n_samples"),
@@ -84,6 +89,15 @@ def evaluation_row(metrics_path: Path) -> dict:
         "score_wall_s": _pick(metrics, "wall_time_s", "wall_time", "wall_s"),
         "path": str(eval_dir),
     }
+
+
+def _prior_label(stats: dict) -> str:
+    """The start distribution of a sample file: its prior, with a low rank as ``correlated (rank 64)``."""
+    prior = stats.get("prior")
+    if prior is None:
+        return "n/a"  # samples.json from before named priors
+    rank = (stats.get("prior_options") or {}).get("rank")
+    return f"{prior} (rank {rank})" if rank else prior
 
 
 def aggregate(metrics_paths: list[Path]) -> pd.DataFrame:
@@ -135,6 +149,7 @@ def benchmark_table(runs: pd.DataFrame) -> pd.DataFrame:
         rows.append(dict(zip(group_by, key), nfe=group["nfe"].dropna().mean() if group["nfe"].notna().any() else math.nan,
                          n=group["n"].iloc[0], reference_split=group["reference_split"].iloc[0],
                          guided=bool(group["guided"].any()) if "guided" in group else False,
+                         prior=", ".join(sorted(set(group["prior"]))) if "prior" in group else "n/a",
                          nonfinite=float(group["nonfinite"].fillna(0).max()) if "nonfinite" in group else 0.0,
                          seeds=len(group), fid_mean=fid_mean, fid_std=fid_std, kid_mean=kid_mean, kid_std=kid_std,
                          ci_level=level, fid_ci_low=fid_low, fid_ci_high=fid_high, kid_ci_low=kid_low,
@@ -185,6 +200,7 @@ def _display(table: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
         "Dataset": table["dataset"],
         "Method": table["method"],
         "Sampler": [f"{s} + guidance{GUIDANCE_MARK}" if g else s for s, g in zip(table["sampler"], table["guided"])],
+        "Prior": table["prior"],
         "Steps": table["steps"].astype(int),
         "NFE": table["nfe"].map(lambda v: "n/a" if pd.isna(v) else f"{v:.0f}"),
         "N": table["n"].map(lambda v: "n/a" if pd.isna(v) else f"{int(v)}"),
@@ -229,6 +245,7 @@ def write_tables(runs: pd.DataFrame, floor: pd.DataFrame, out_dir: Path, name: s
                f"sampler against the reference split; TF-Inception pool3 features. CI: {', '.join(levels)} "
                f"two-stage bootstrap interval of the seed mean (seeds, then generated samples; reference fixed). "
                f"FID∞: N-debiased FID (Chong & Forsyth 2020), mean over seeds.")
+    caption += " " + PRIOR_NOTE
     if table["guided"].any():
         caption += " " + GUIDANCE_NOTE
     if (table["nonfinite"] > 0).any():

@@ -251,6 +251,7 @@ def evaluation_record(eval_dir: Path, parent: Record, config_name: str) -> Recor
     _flatten("", scores, flat)
     sample_stats: dict = {}
     _flatten("", stats, sample_stats)
+    tags["prior"] = str(stats.get("prior", "n/a"))  # the start distribution x_T (gbm sample --prior)
     metrics = _numeric(flat)
     metrics.update({f"sample.{k}": v for k, v in _numeric(sample_stats).items()})
     if "nfe" in stats:

@@ -19,6 +19,7 @@ from gbm.pipeline.config import (  # noqa: E402
     sampler_name,
     sampler_guidance,
     sampler_options,
+    sampler_prior,
     training_overrides,
 )
 from gbm.pipeline.failures import COMMAND_PREFIX, sampling_failure  # noqa: E402
@@ -105,6 +106,11 @@ def sample_args(wildcards):
             args += [f"--{key.replace('_', '-')}", str(value)]
         else:
             args += ["--option", f"{key}={value}"]
+    prior, prior_options = sampler_prior(config, wildcards.method, wildcards.sampler)
+    if prior is not None:
+        args += ["--prior", prior]
+    for key, value in prior_options.items():
+        args += ["--prior-option", f"{key}={value}"]
     guidance = sampler_guidance(config, wildcards.method, wildcards.sampler)
     if guidance is not None:
         args += ["--guidance-data", f"results/data/{wildcards.dataset}.npz:train"]
@@ -181,10 +187,15 @@ TRAJECTORY_FIGURES = [f"results/figures/trajectories_{d}.png" for d in DATASETS]
 RUN_DIRS = [f"results/{d}/{m}/seed{s}/run" for d in DATASETS for m in METHODS for s in SEEDS]
 
 
+# every method entry with its SDE parameters, for the prior-mismatch table (`gbm report prior-mismatch`)
+MISMATCH_METHODS = {m: {"name": method_name(config, m), "sde": config["methods"][m]["sde"]} for m in METHODS}
+
+
 def all_targets():
     targets = [
         RESOLVED_CONFIG,
         "results/tables/benchmark.csv",
+        "results/tables/prior_mismatch.csv",
         "results/tables/floor.csv",
         "results/figures/fid_kid_vs_nfe.png",
         "results/figures/training_loss.png",

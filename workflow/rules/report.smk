@@ -201,3 +201,25 @@ rule timing:
     shell:
         "gbm report timing --results results --cores {workflow.cores} --threads {params.threads} --out {output} "
         "> {log} 2>&1"
+
+
+rule prior_mismatch:
+    input:
+        expand("results/data/{dataset}.npz", dataset=DATASETS),
+    output:
+        table=report("results/tables/prior_mismatch.csv", caption="../report/prior_mismatch.rst", category="Tables"),
+        markdown="results/tables/prior_mismatch.md",
+        latex="results/tables/prior_mismatch.tex",
+        png=report("results/figures/prior_mismatch.png", caption="../report/prior_mismatch.rst",
+                   category="Forward process"),
+        pdf="results/figures/prior_mismatch.pdf",
+    params:
+        methods=shlex.quote(json.dumps(MISMATCH_METHODS)),
+        limit="" if config["data_limit"] is None else f"--limit {config['data_limit']}",
+    log:
+        "results/logs/report/prior_mismatch.log",
+    benchmark:
+        "results/benchmarks/report/prior_mismatch.tsv"
+    shell:
+        "gbm report prior-mismatch --data {input} --methods {params.methods} {params.limit} "
+        "--out-dir results/tables --figure {output.png} > {log} 2>&1"
