@@ -12,12 +12,15 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_default_config_sets_gbm_paper_beside_gbm_tuned():
     settings = gbm_settings(load_config(REPO / "config" / "config.yaml"))
-    assert set(settings) == {"gbm/sign-agnostic", "gbm/dale-langevin", "gbm-tuned/dale-langevin"}
+    assert set(settings) == {"gbm/sign-agnostic", "gbm/dale-langevin", "gbm/sign-agnostic-correlated",
+                             "gbm/dale-langevin-correlated", "gbm-tuned/dale-langevin"}
     assert settings["gbm/dale-langevin"] == {"weighting": "paper", "grid": "uniform-t", "end_time": 0.0,
                                              "prior": "iid", "sigma": 0.8, "T": 1.0, "practical": False}
-    assert settings["gbm-tuned/dale-langevin"] | {"weighting": "paper", "grid": "uniform-t", "end_time": 0.0} \
-        == settings["gbm/dale-langevin"]
+    paper = {"weighting": "paper", "grid": "uniform-t", "end_time": 0.0, "prior": "iid"}
+    assert settings["gbm-tuned/dale-langevin"] | paper == settings["gbm/dale-langevin"]
     assert settings["gbm-tuned/dale-langevin"]["weighting"] == "uniform-eps"
+    assert settings["gbm-tuned/dale-langevin"]["prior"] == "correlated"  # SPEC §1a: weight + sqrt-t grid + prior
+    assert settings["gbm/dale-langevin-correlated"] == settings["gbm/dale-langevin"] | {"prior": "correlated"}
 
 
 def test_ablation_rows_name_their_changes_from_the_paper_setting_fewest_first():

@@ -87,7 +87,7 @@ def test_report_comparisons_writes_tables_and_figure_with_verdicts(tmp_path):
     rows = pd.read_csv(tmp_path / "tables" / "comparisons.csv")
     assert rows[["method", "sampler", "fid_verdict", "kid_verdict"]].values.tolist() == [
         ["gbm", "sign-agnostic", WORSE, WORSE]]
-    assert "| mnist | gbm | sign-agnostic | 20 | 2 vs 2 |" in (tmp_path / "tables" / "comparisons.md").read_text()
+    assert "| mnist | gbm | sign-agnostic | – | 20 | 2 vs 2 |" in (tmp_path / "tables" / "comparisons.md").read_text()
     assert (tmp_path / "comparisons.png").stat().st_size > 0 and (tmp_path / "comparisons.pdf").is_file()
 
 

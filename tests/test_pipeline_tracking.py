@@ -88,7 +88,7 @@ def test_evaluation_runs_show_scores_intervals_nfe_and_labels_with_their_jobs_ti
     assert evaluation.data.metrics["fid"] == 30.0 and evaluation.data.metrics["nfe"] == 10
     assert (evaluation.data.metrics["fid_ci.low"], evaluation.data.metrics["fid_ci.high"]) == (29.0, 31.0)
     assert {k: evaluation.data.params[k] for k in ("method", "sampler", "prior", "seed", "steps")} == {
-        "method": "gbm", "sampler": "dale-langevin", "prior": "lognormal", "seed": "0", "steps": "10"}
+        "method": "gbm", "sampler": "dale-langevin", "prior": "iid", "seed": "0", "steps": "10"}
     assert (evaluation.info.start_time, evaluation.info.end_time) == (JOB_START * 1000, (JOB_START + 90) * 1000)
     assert evaluation.data.metrics["sample.job_wall_time_s"] == 20.0
     assert evaluation.data.metrics["score.job_wall_time_s"] == 30.0
