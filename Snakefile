@@ -37,6 +37,8 @@ localrules:
     track,
     aggregate,
     tables,
+    comparisons,
+    prior_mismatch,
     figure_samples,
     figure_neighbours,
     figure_forward,
