@@ -25,7 +25,7 @@ SMOKE = REPO / "config" / "smoke.yaml"
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=2400,900"]
+                  "--window-size=2800,900"]
 ROW = "mnist|gbm|dale-langevin|2"
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
