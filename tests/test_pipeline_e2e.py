@@ -9,7 +9,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -89,27 +88,9 @@ def test_smoke_benchmark_draws_every_figure_as_png_and_pdf(smoke):
 
 
 def test_smoke_benchmark_records_every_run_in_mlflow_served_on_loopback(smoke):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    store = f"sqlite:///{smoke / 'results' / 'mlflow.db'}"
-    server = subprocess.Popen(
-        [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri", store, "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                assert server.poll() is None, server.stderr.read().decode()[-2000:]
-                assert time.time() < deadline, "mlflow server did not come up"
-                time.sleep(0.5)
+    from mlflow_serving import mlflow_server
 
+    with mlflow_server(smoke / "results") as base:
         def call(path: str, body: dict | None = None) -> dict:
             request = urllib.request.Request(f"{base}/api/2.0/mlflow/{path}", method="POST" if body else "GET",
                                              data=json.dumps(body).encode() if body else None,
@@ -125,9 +106,6 @@ def test_smoke_benchmark_records_every_run_in_mlflow_served_on_loopback(smoke):
         row = call("runs/search", {"experiment_ids": [experiment], "max_results": 100,
                                    "filter": "tags.row = 'mnist|gbm|dale-langevin|2'"})["runs"]
         history = call(f"metrics/get-history?run_id={trainings[0]['info']['run_id']}&metric_key=train_loss")
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
     assert len(evaluations) == 6 and len(trainings) == 4
     assert sorted(r["data"]["tags"] and {t["key"]: t["value"] for t in r["data"]["tags"]}["seed"] for r in row) == ["0", "1"]
