@@ -11,6 +11,7 @@ import socket
 
 import numpy as np
 import pytest
+import torch
 
 from gbm.cli import main
 from gbm.metrics import ImageSet, extract_features, inception_weights, metrics_from_features, score
@@ -74,6 +75,19 @@ def test_torch_fidelity_and_clean_fid_give_the_same_features_for_28x28_grayscale
     b = extract_features(images, "clean-fid", cleanfid_mode="tf1-bilinear")
     assert np.abs(a - b).max() <= 1e-4
     assert a.std() > 0.1
+
+
+def test_features_equal_torch_fidelitys_own_module_in_its_default_layout_and_do_not_depend_on_the_batch(weights, prepared):
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+    images = prepared("fashion_mnist").images("test")[:10]
+    module = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                         feature_extractor_weights_path=str(weights.torch_fidelity)).eval()
+    with torch.no_grad():
+        expected = module(torch.from_numpy(np.repeat(images, 3, axis=1)))[0].numpy()
+    ours = extract_features(images)
+    assert np.abs(ours - expected).max() <= 1e-4 * np.abs(expected).max()
+    assert np.abs(extract_features(images[:3]) - ours[:3]).max() <= 1e-5 * np.abs(expected).max()
 
 
 def test_torch_fidelity_and_clean_fid_give_the_same_features_for_299x299_rgb(weights):
