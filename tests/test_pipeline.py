@@ -40,7 +40,7 @@ def test_default_benchmark_dag_has_one_model_per_dataset_method_seed(tmp_path):
         "resolved_config": 1, "prepare_data": 1, "floor": 1, "train": 6, "sample": 20, "score": 20,
         "neighbours": 6, "track": 6, "aggregate": 1, "tables": 1, "comparisons": 1, "figure_samples": 1,
         "figure_neighbours": 1, "figure_forward": 1, "figure_trajectories": 1, "figure_toy": 1, "figure_nfe": 1,
-        "figure_loss": 1, "timing": 1, "prior_mismatch": 1, "all": 1, "total": 73,
+        "figure_loss": 1, "timing": 1, "prior_mismatch": 1, "all": 1, "total": 74,
     }
 
 
