@@ -103,6 +103,14 @@ def validate_request(sde: SDE, method: str, steps: int, options: dict) -> Sample
     return fn
 
 
+def time_discretisation(sde: SDE, fn: SamplerFn, options: dict) -> dict:
+    """The grid and end time a sampler runs with under ``options``: the named grid (its own default when
+    not given; ``adaptive`` for a sampler without a fixed grid, the RK45 ODE) and the resolved end time."""
+    parameters = inspect.signature(fn).parameters
+    grid = options.get("grid") or (parameters["grid"].default if "grid" in parameters else "adaptive")
+    return {"grid": grid, "end_time": resolve_end_time(sde, options.get("end_time"))}
+
+
 def sample(
     sde: SDE,
     score_fn: ScoreFn,

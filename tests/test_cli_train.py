@@ -76,6 +76,17 @@ def test_sign_agnostic_practical_variant_records_options_and_negative_fraction(t
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["options"] == {"delta": 1e-3, "inner_steps": 2, "gamma": 0.99}
     assert meta["nfe"] == 6 and meta["fraction_negative"] is not None
+    assert (meta["grid"], meta["end_time"]) == ("uniform-t", 0.0)  # the paper's grid and GBM's own end time
+
+
+def test_sample_records_the_time_grid_it_ran_on(tmp_path, config_file):
+    run = tmp_path / "run"
+    main(["train", str(config_file), "--out", str(run), "--device", "cpu", "--no-progress"])
+    out = tmp_path / "s.npz"
+    assert main(["sample", str(run), "--sampler", "dale-langevin", "--steps", "3", "--n", "2", "--out", str(out),
+                 "--option", "grid=sqrt-t", "--option", "end_time=1e-3", "--device", "cpu", "--no-progress"]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert (meta["grid"], meta["end_time"]) == ("sqrt-t", 1e-3)
 
 
 @pytest.mark.parametrize("sde, sampler", [("vp", "em"), ("cld", "sscs")])

@@ -157,3 +157,26 @@ def test_benchmark_config_schema_offers_every_grid():
     from gbm.pipeline.config import load_schema
 
     assert load_schema()["$defs"]["options"]["properties"]["grid"]["enum"] == list(GRIDS)
+
+
+def test_the_grid_figure_compares_grids_only_within_one_model_sampler_and_prior(tmp_path):
+    import pandas as pd
+
+    from gbm.pipeline.figures import fid_vs_nfe_by_grid, grid_groups
+
+    def row(method, sampler_method, grid, nfe, seed, guided=False, prior="iid"):
+        return {"dataset": "mnist", "method": method, "sampler_method": sampler_method, "prior": prior,
+                "grid": grid, "nfe": nfe, "seed": seed, "guided": guided, "fid": 100.0 + nfe + seed,
+                "fid_ci_low": 90.0, "fid_ci_high": 110.0}
+
+    rows = [row("gbm", "dale-langevin", grid, nfe, seed) for grid in ("uniform-t", "sqrt-t")
+            for nfe in (20, 100) for seed in (0, 1)]
+    rows += [row("gbm-tuned", "dale-langevin", "sqrt-t", 20, 0), row("vp", "em", "uniform-t", 20, 0),
+             row("gbm", "dale-langevin", "rho", 20, 0, guided=True),
+             row("gbm", "dale-langevin", "rho", 20, 0, prior="correlated")]
+    groups = grid_groups(pd.DataFrame(rows))
+    assert [key for key, _ in groups] == [("mnist", "gbm", "dale-langevin", "iid")]
+    assert sorted(set(groups[0][1]["grid"])) == ["sqrt-t", "uniform-t"]
+    fid_vs_nfe_by_grid(pd.DataFrame(rows), tmp_path / "grids.png")
+    fid_vs_nfe_by_grid(pd.DataFrame(rows[-4:]), tmp_path / "none.png")  # nothing to compare: says so
+    assert (tmp_path / "grids.png").stat().st_size > 0 and (tmp_path / "none.pdf").stat().st_size > 0

@@ -97,9 +97,12 @@ def _toy(args) -> int:
 def _nfe(args) -> int:
     import pandas as pd
 
-    from gbm.pipeline.figures import metric_vs_nfe
+    from gbm.pipeline.figures import fid_vs_nfe_by_grid, metric_vs_nfe
 
-    metric_vs_nfe(pd.read_csv(args.metrics), Path(args.out))
+    runs = pd.read_csv(args.metrics)
+    metric_vs_nfe(runs, Path(args.out))
+    if args.grids_out:
+        fid_vs_nfe_by_grid(runs, Path(args.grids_out))
     return 0
 
 
@@ -222,9 +225,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_toy)
 
-    p = steps.add_parser("nfe", help="FID/KID versus NFE")
+    p = steps.add_parser("nfe", help="FID/KID versus NFE, and FID versus NFE per time grid")
     p.add_argument("--metrics", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--grids-out", help="also draw FID versus NFE per time grid into this file")
     p.set_defaults(func=_nfe)
 
     p = steps.add_parser("loss", help="training loss curves")

@@ -131,7 +131,7 @@ def run(args) -> int:
     from gbm.models import state_shape
     from gbm.data.atomic import write_stream_atomic
     from gbm.runs import git_revision, load_model, resolve_device, write_json
-    from gbm.sampling import SamplerDiverged, sample, sampler_names, validate_request
+    from gbm.sampling import SamplerDiverged, sample, sampler_names, time_discretisation, validate_request
     from gbm.seeding import PerSampleGenerator
 
     started_at = process_start_time()
@@ -200,6 +200,7 @@ def run(args) -> int:
         "nfe": nfes[0] if len(set(nfes)) == 1 else float(np.mean(nfes)),
         "nfe_per_batch": nfes,
         "options": options,
+        **time_discretisation(sde, sampler_fn, options),
         "prior": prior_name,
         "prior_options": start_options,
         "guidance": guidance,

@@ -198,6 +198,57 @@ def metric_vs_nfe(runs: pd.DataFrame, png: Path) -> None:
     save(fig, png)
 
 
+def _fid_with_errors(group: pd.DataFrame) -> pd.DataFrame:
+    """FID per NFE: mean over seeds with its std as the error bar, or, for one seed, the bootstrap interval."""
+    rows = []
+    for nfe, at in group.groupby("nfe"):
+        mean = at["fid"].mean()
+        if at["seed"].nunique() > 1:
+            low = high = at["fid"].std()
+        elif {"fid_ci_low", "fid_ci_high"} <= set(at) and at["fid_ci_low"].notna().all():
+            low, high = mean - at["fid_ci_low"].mean(), at["fid_ci_high"].mean() - mean
+        else:
+            low = high = 0.0
+        rows.append({"nfe": nfe, "fid": mean, "low": max(low, 0.0), "high": max(high, 0.0)})
+    return pd.DataFrame(rows).sort_values("nfe")
+
+
+def grid_groups(runs: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
+    """The (dataset, method, sampler, prior) sets of unguided rows evaluated on more than one time grid."""
+    if "grid" not in runs:
+        return []
+    runs = runs[runs["grid"].notna() & ~runs["guided"].astype(bool)]
+    keys = ["dataset", "method", "sampler_method", "prior"]
+    return [(key, group) for key, group in runs.groupby(keys, sort=True) if group["grid"].nunique() > 1]
+
+
+def fid_vs_nfe_by_grid(runs: pd.DataFrame, png: Path) -> None:
+    """FID against NFE, one panel per model and sampler evaluated on several time grids, one line per grid
+    (error bars: std over seeds, or the bootstrap interval of a single seed)."""
+    groups = grid_groups(runs)
+    cols = min(3, max(len(groups), 1))
+    rows = max(math.ceil(len(groups) / cols), 1)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(groups):]:
+        ax.axis("off")
+    if not groups:
+        axes[0][0].text(0.5, 0.5, "no sampler of this configuration\nwas evaluated on more than one time grid",
+                        ha="center", va="center", transform=axes[0][0].transAxes)
+    for ax, ((dataset, method, sampler, prior), group) in zip(axes.flat, groups):
+        for grid, at_grid in group.groupby("grid", sort=True):
+            stats = _fid_with_errors(at_grid)
+            ax.errorbar(stats["nfe"], stats["fid"], yerr=[stats["low"], stats["high"]], marker="o", ms=3,
+                        capsize=2, label=grid)
+        ax.set_xscale("log")
+        ax.set_xlabel("NFE per sample")
+        ax.set_ylabel("FID")
+        ax.set_title(f"{dataset}: {method} / {sampler} ({prior})", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, title="time grid", title_fontsize=7)
+    fig.tight_layout()
+    save(fig, png)
+
+
 def loss_curves(loss_csvs: list[Path], png: Path, window: int = 25) -> None:
     """Training loss per dataset (rows) and method (columns), one line per seed (running mean)."""
     frames = []

@@ -64,6 +64,8 @@ def evaluation_row(metrics_path: Path) -> dict:
         "sampler_method": _pick(stats, "sampler", default=eval_dir.parent.name),
         "guided": bool(stats.get("guidance")),
         "prior": _prior_label(stats),
+        "grid": _pick(stats, "grid", "options.grid", default=None),
+        "end_time": _pick(stats, "end_time", "options.end_time", default=None),
         "steps": int(eval_dir.name.removeprefix("steps")),
         "nfe": _pick(stats, "nfe", "meta.nfe"),
         "n": _pick(metrics, "n_fake", "n", "counts.fake", "num_fake", "n_samples"),

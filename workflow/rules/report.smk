@@ -165,12 +165,14 @@ rule figure_nfe:
     output:
         png=report("results/figures/fid_kid_vs_nfe.png", caption="../report/nfe.rst", category="Metrics"),
         pdf="results/figures/fid_kid_vs_nfe.pdf",
+        grids=report("results/figures/fid_vs_nfe_by_grid.png", caption="../report/nfe_grids.rst", category="Metrics"),
+        grids_pdf="results/figures/fid_vs_nfe_by_grid.pdf",
     log:
         "results/logs/report/figure_nfe.log",
     benchmark:
         "results/benchmarks/report/figure_nfe.tsv"
     shell:
-        "gbm report nfe --metrics {input} --out {output.png} > {log} 2>&1"
+        "gbm report nfe --metrics {input} --out {output.png} --grids-out {output.grids} > {log} 2>&1"
 
 
 rule figure_loss:
