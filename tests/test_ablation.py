@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from gbm.pipeline.ablation import ablation_table, gbm_settings
 from gbm.pipeline.config import load_config
@@ -12,7 +13,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_default_config_sets_gbm_paper_beside_gbm_tuned():
     settings = gbm_settings(load_config(REPO / "config" / "config.yaml"))
-    assert set(settings) == {"gbm/sign-agnostic", "gbm/dale-langevin", "gbm/sign-agnostic-correlated",
+    assert set(settings) == {"gbm/sign-agnostic", "gbm/dale-langevin", "gbm/dale-langevin-sqrt-t",
                              "gbm/dale-langevin-correlated", "gbm-tuned/dale-langevin"}
     assert settings["gbm/dale-langevin"] == {"weighting": "paper", "grid": "uniform-t", "end_time": 0.0,
                                              "prior": "iid", "sigma": 0.8, "T": 1.0, "practical": False}
@@ -21,6 +22,7 @@ def test_default_config_sets_gbm_paper_beside_gbm_tuned():
     assert settings["gbm-tuned/dale-langevin"]["weighting"] == "uniform-eps"
     assert settings["gbm-tuned/dale-langevin"]["prior"] == "correlated"  # SPEC §1a: weight + sqrt-t grid + prior
     assert settings["gbm/dale-langevin-correlated"] == settings["gbm/dale-langevin"] | {"prior": "correlated"}
+    assert settings["gbm/dale-langevin-sqrt-t"] == settings["gbm/dale-langevin"] | {"grid": "sqrt-t", "end_time": 1e-3}
 
 
 def test_ablation_rows_name_their_changes_from_the_paper_setting_fewest_first():
@@ -63,3 +65,44 @@ def test_tables_step_writes_the_ablation_table_from_the_config_settings(tmp_path
     assert "none (the paper's setting)" in paper and "272.00" in paper
     assert "weighting=uniform-eps, grid=sqrt-t, end_time=0.001" in tuned and "145.50" in tuned
     assert not any("vp /" in line for line in lines)
+
+
+def test_each_changed_setting_is_compared_with_the_papers_setting_of_its_own_sampler(tmp_path):
+    """ΔFID against the paper row with the same sampler (a prior row of sign-agnostic against sign-agnostic,
+    not dale-langevin), with the comparisons' interval and verdict from the stored bootstrap replicates."""
+    import json
+
+    import numpy as np
+
+    from gbm.pipeline.tables import benchmark_table
+
+    rng = np.random.default_rng(0)
+    fids = {("gbm", "sign-agnostic"): 100.0, ("gbm", "dale-langevin"): 200.0,
+            ("gbm", "sign-agnostic-correlated"): 90.0, ("gbm", "dale-langevin-correlated"): 200.5,
+            ("gbm-tuned", "dale-langevin"): 150.0}
+    rows = []
+    for (method, label), fid in fids.items():
+        for seed in (0, 1):
+            path = tmp_path / method / str(seed) / label
+            path.mkdir(parents=True)
+            value = fid + 0.2 * seed
+            boot = {"fid": (value + rng.normal(0, 1.0, 200)).tolist(), "kid": rng.normal(0, 1e-3, 200).tolist()}
+            (path / "metrics.json").write_text(json.dumps({"fid": value, "bootstrap": boot}))
+            rows.append({"dataset": "mnist", "method": method, "seed": seed, "sampler": label,
+                         "sampler_method": label.removesuffix("-correlated"), "prior": "iid", "guided": False,
+                         "steps": 100, "nfe": 100, "n": 200, "reference_split": "test", "fid": value, "kid": 0.0,
+                         "path": str(path)})
+    runs = pd.DataFrame(rows)
+    methods = {"gbm": {"samplers": {"sign-agnostic": {}, "dale-langevin": {},
+                                    "sign-agnostic-correlated": {"sampler": "sign-agnostic", "prior": "correlated"},
+                                    "dale-langevin-correlated": {"sampler": "dale-langevin", "prior": "correlated"}}},
+               "gbm-tuned": {"method": "gbm", "loss": {"weighting": "uniform-eps"}, "samplers": {"dale-langevin": {}}}}
+    ablation = ablation_table(benchmark_table(runs), gbm_settings({"methods": methods}), runs)
+    by_row = {f"{r.method}/{r.sampler}": r for r in ablation.itertuples()}
+    assert by_row["gbm/sign-agnostic-correlated"].paper_row == "gbm / sign-agnostic"
+    assert by_row["gbm/sign-agnostic-correlated"].fid_difference == pytest.approx(-10.0)
+    assert by_row["gbm/sign-agnostic-correlated"].fid_verdict == "better"
+    assert by_row["gbm-tuned/dale-langevin"].paper_row == "gbm / dale-langevin"
+    assert by_row["gbm-tuned/dale-langevin"].fid_verdict == "better"
+    assert by_row["gbm/dale-langevin-correlated"].fid_verdict == "not resolved"  # 0.5 apart, replicates sd 1
+    assert pd.isna(by_row["gbm/dale-langevin"].fid_verdict)  # the paper's own row has no difference

@@ -33,14 +33,14 @@ def dry_run_counts(tmp_path: Path, configfile: Path | None = None) -> dict[str, 
 
 def test_default_benchmark_dag_has_one_model_per_dataset_method_seed(tmp_path):
     counts = dry_run_counts(tmp_path)
-    # MNIST x (gbm, gbm-tuned, vp) x 2 seeds; gbm: 2 samplers x 2 step counts from the iid prior and 2
-    # samplers x 1 step count from the correlated prior, gbm-tuned: dale-langevin x 2 step counts, vp: em x 2
-    # step counts. Inception runs in floor (reference and neighbour bank, once per dataset) and score only.
+    # MNIST x (gbm, gbm-tuned, vp) x 2 seeds; gbm: 2 samplers x 2 step counts, dale-langevin on the sqrt-t
+    # grid x 2 step counts and from the correlated prior x 1, gbm-tuned: dale-langevin x 2 step counts, vp: em
+    # x 2 step counts. Inception runs in floor (reference and neighbour bank, once per dataset) and score only.
     assert counts == {
-        "resolved_config": 1, "prepare_data": 1, "floor": 1, "train": 6, "sample": 20, "score": 20,
+        "resolved_config": 1, "prepare_data": 1, "floor": 1, "train": 6, "sample": 22, "score": 22,
         "neighbours": 6, "track": 6, "aggregate": 1, "tables": 1, "comparisons": 1, "figure_samples": 1,
         "figure_neighbours": 1, "figure_forward": 1, "figure_trajectories": 1, "figure_toy": 1, "figure_nfe": 1,
-        "figure_loss": 1, "timing": 1, "prior_mismatch": 1, "all": 1, "total": 74,
+        "figure_loss": 1, "timing": 1, "prior_mismatch": 1, "all": 1, "total": 78,
     }
 
 

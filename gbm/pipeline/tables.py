@@ -270,12 +270,15 @@ def write_tables(runs: pd.DataFrame, floor: pd.DataFrame, out_dir: Path, name: s
         "floor.tex": latex(_floor_display(floor), floor_caption, "tab:floor"),
     }
     if gbm_settings is not None:
-        ablation = ablation_table(table, gbm_settings)
+        ablation = ablation_table(table, gbm_settings, runs)
         written["ablation.csv"] = ablation.to_csv(index=False)
         written["ablation.md"] = markdown(ablation_display(ablation), (
             f"GBM ablation (benchmark '{name}'): each evaluated GBM setting and what it changes from the paper's "
             "(M-DSM weight (sigma^2 t)^2, grid uniform in t, iid prior, sigma 0.8, T 1, exact sampler); "
-            "FID mean ± std over training seeds, same N and features as the benchmark table."))
+            "FID mean ± std over training seeds, same N and features as the benchmark table; CI and ΔFID: "
+            "two-stage bootstrap intervals over seeds and samples (as in the comparisons table), ΔFID against "
+            "the paper's setting with the same sampler, dataset and step count (negative is better); "
+            "'not resolved' when its interval contains 0."))
     for filename, text in written.items():
         write_text_atomic(out_dir / filename, text)
     return [out_dir / f for f in written]
