@@ -180,3 +180,32 @@ def test_the_grid_figure_compares_grids_only_within_one_model_sampler_and_prior(
     fid_vs_nfe_by_grid(pd.DataFrame(rows), tmp_path / "grids.png")
     fid_vs_nfe_by_grid(pd.DataFrame(rows[-4:]), tmp_path / "none.png")  # nothing to compare: says so
     assert (tmp_path / "grids.png").stat().st_size > 0 and (tmp_path / "none.pdf").stat().st_size > 0
+
+
+def test_figure_intervals_are_the_tables_seed_mean_intervals(tmp_path):
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from gbm.pipeline.figures import seed_mean_with_interval
+    from gbm.pipeline.tables import benchmark_table
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for seed, fid in ((0, 150.0), (1, 160.0)):
+        path = tmp_path / f"seed{seed}"
+        path.mkdir()
+        boot = {"fid": (fid - 8 + rng.normal(0, 3, 300)).tolist(), "kid": rng.normal(0.1, 0.01, 300).tolist()}
+        (path / "metrics.json").write_text(json.dumps({"bootstrap": boot}))
+        rows.append({"dataset": "mnist", "method": "gbm", "sampler": "dale-langevin", "prior": "iid", "steps": 20,
+                     "nfe": 20, "seed": seed, "n": 200, "reference_split": "test", "guided": False, "fid": fid,
+                     "kid": 0.1, "fid_ci_low": fid - 14, "fid_ci_high": fid - 2, "kid_ci_low": 0.08,
+                     "kid_ci_high": 0.12, "ci_level": 0.95, "path": str(path)})
+    runs = pd.DataFrame(rows)
+    table = benchmark_table(runs).iloc[0]
+    stats = seed_mean_with_interval(runs, "fid").iloc[0]
+    assert (stats["mean"], stats["low"], stats["high"]) == (155.0, table["fid_ci_low"], table["fid_ci_high"])
+    assert stats["high"] - stats["low"] > 0
+    without_replicates = seed_mean_with_interval(runs.drop(columns="path"), "fid").iloc[0]
+    assert (without_replicates["low"], without_replicates["high"]) == pytest.approx((155 - 50**0.5, 155 + 50**0.5))

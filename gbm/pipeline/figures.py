@@ -176,7 +176,8 @@ def toy_figure(png: Path, paths: int = 64, points: int = 2000, steps: int = 200,
 
 
 def metric_vs_nfe(runs: pd.DataFrame, png: Path) -> None:
-    """FID and KID (mean ± std over seeds) against NFE, one panel per dataset and metric."""
+    """FID and KID (mean over seeds, with the interval of ``seed_mean_with_interval``) against NFE, one panel
+    per dataset and metric."""
     datasets = list(dict.fromkeys(runs["dataset"]))
     fig, axes = plt.subplots(2, len(datasets), figsize=(4.2 * len(datasets), 6), squeeze=False)
     runs = runs.assign(label=runs["method"] + " / " + runs["sampler"])
@@ -184,10 +185,9 @@ def metric_vs_nfe(runs: pd.DataFrame, png: Path) -> None:
         subset = runs[runs["dataset"] == dataset]
         for row, (metric, name) in enumerate((("fid", "FID"), ("kid", "KID"))):
             ax = axes[row][col]
-            for label, group in subset.groupby("label", sort=True):
-                stats = group.groupby("nfe")[metric].agg(["mean", "std"]).reset_index().sort_values("nfe")
-                ax.errorbar(stats["nfe"], stats["mean"], yerr=stats["std"].fillna(0), marker="o", ms=3,
-                            capsize=2, label=label)
+            lines = list(subset.groupby("label", sort=True))
+            for (label, group), offset in zip(lines, _offsets(len(lines))):
+                _plot_with_interval(ax, seed_mean_with_interval(group, metric), label, offset)
             ax.set_xscale("log")
             ax.set_xlabel("NFE per sample")
             ax.set_ylabel(name)
@@ -198,19 +198,38 @@ def metric_vs_nfe(runs: pd.DataFrame, png: Path) -> None:
     save(fig, png)
 
 
-def _fid_with_errors(group: pd.DataFrame) -> pd.DataFrame:
-    """FID per NFE: mean over seeds with its std as the error bar, or, for one seed, the bootstrap interval."""
+def seed_mean_with_interval(group: pd.DataFrame, metric: str = "fid") -> pd.DataFrame:
+    """Per NFE: the mean over seeds and its interval, as in the tables: the two-stage bootstrap interval of
+    the seed mean (seeds, then generated samples) when the bootstrap replicates are on disk, else mean ± std
+    over seeds, else a single seed's own bootstrap interval (NaN bounds when there is none of these)."""
+    from gbm.pipeline.tables import _seed_mean_interval
+
     rows = []
     for nfe, at in group.groupby("nfe"):
-        mean = at["fid"].mean()
-        if at["seed"].nunique() > 1:
-            low = high = at["fid"].std()
-        elif {"fid_ci_low", "fid_ci_high"} <= set(at) and at["fid_ci_low"].notna().all():
-            low, high = mean - at["fid_ci_low"].mean(), at["fid_ci_high"].mean() - mean
-        else:
-            low = high = 0.0
-        rows.append({"nfe": nfe, "fid": mean, "low": max(low, 0.0), "high": max(high, 0.0)})
+        mean, low, high = at[metric].mean(), math.nan, math.nan
+        try:
+            low, high, _ = _seed_mean_interval(at, metric) if "path" in at else (math.nan,) * 3
+        except (KeyError, ValueError, FileNotFoundError):
+            pass
+        if math.isnan(low) and at["seed"].nunique() > 1:
+            std = at[metric].std()
+            low, high = mean - std, mean + std
+        elif math.isnan(low) and f"{metric}_ci_low" in at:
+            low, high = at[f"{metric}_ci_low"].mean(), at[f"{metric}_ci_high"].mean()
+        rows.append({"nfe": nfe, "mean": mean, "low": low, "high": high})
     return pd.DataFrame(rows).sort_values("nfe")
+
+
+def _plot_with_interval(ax, stats: pd.DataFrame, label: str, offset: float = 0.0) -> None:
+    """The seed means joined by a line, each interval a vertical bar (a basic-bootstrap interval corrects part
+    of FID's small-N bias, so it may sit below its point); ``offset`` shifts the bars sideways by that
+    fraction of the NFE so that the bars of several lines at one NFE stay apart."""
+    (line,) = ax.plot(stats["nfe"], stats["mean"], marker="o", ms=3, label=label)
+    ax.vlines(stats["nfe"] * (1 + offset), stats["low"], stats["high"], color=line.get_color(), lw=1.5, alpha=0.7)
+
+
+def _offsets(count: int, spread: float = 0.025) -> list[float]:
+    return [spread * (i - (count - 1) / 2) for i in range(count)]
 
 
 def grid_groups(runs: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
@@ -223,8 +242,8 @@ def grid_groups(runs: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
 
 
 def fid_vs_nfe_by_grid(runs: pd.DataFrame, png: Path) -> None:
-    """FID against NFE, one panel per model and sampler evaluated on several time grids, one line per grid
-    (error bars: std over seeds, or the bootstrap interval of a single seed)."""
+    """FID against NFE, one panel per model and sampler evaluated on several time grids, one line per grid,
+    with the interval of ``seed_mean_with_interval``."""
     groups = grid_groups(runs)
     cols = min(3, max(len(groups), 1))
     rows = max(math.ceil(len(groups) / cols), 1)
@@ -235,10 +254,9 @@ def fid_vs_nfe_by_grid(runs: pd.DataFrame, png: Path) -> None:
         axes[0][0].text(0.5, 0.5, "no sampler of this configuration\nwas evaluated on more than one time grid",
                         ha="center", va="center", transform=axes[0][0].transAxes)
     for ax, ((dataset, method, sampler, prior), group) in zip(axes.flat, groups):
-        for grid, at_grid in group.groupby("grid", sort=True):
-            stats = _fid_with_errors(at_grid)
-            ax.errorbar(stats["nfe"], stats["fid"], yerr=[stats["low"], stats["high"]], marker="o", ms=3,
-                        capsize=2, label=grid)
+        grids = list(group.groupby("grid", sort=True))
+        for (grid, at_grid), offset in zip(grids, _offsets(len(grids))):
+            _plot_with_interval(ax, seed_mean_with_interval(at_grid, "fid"), grid, offset)
         ax.set_xscale("log")
         ax.set_xlabel("NFE per sample")
         ax.set_ylabel("FID")
