@@ -171,7 +171,7 @@ def test_tables_figures_and_mlflow_runs_match_a_local_run(runs):
         assert walls and here.drop(columns=walls).equals(there.drop(columns=walls)), name
     figures = sorted(str(p.relative_to(local)) for p in (local / "figures").rglob("*.p[dn][fg]"))
     assert figures == sorted(str(p.relative_to(on_slurm)) for p in (on_slurm / "figures").rglob("*.p[dn][fg]"))
-    assert len(figures) == 26  # 13 figures, PNG and PDF
+    assert len(figures) == 28  # 14 figures, PNG and PDF
 
     def mlflow_runs(results: Path) -> list:
         with sqlite3.connect(results / "mlflow.db") as db:
