@@ -1,7 +1,16 @@
 """Shared test fixtures."""
 
+import signal
+
 import pytest
 import torch
+
+# A suite started in the background without job control (`nohup ./run-tests &`, some CI runners) inherits
+# SIGINT ignored, and so would every process it starts: the tests that stop Snakemake with Ctrl-C (SIGINT)
+# would then wait on a Snakemake that never sees it. Handling SIGINT here again gives the processes the
+# tests start the default disposition (a handled signal is reset to the default on exec; an ignored one is not).
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture
