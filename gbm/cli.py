@@ -26,7 +26,13 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    if argv is None:  # the command line: a warm worker runs it when one is advertised (gbm.pipeline.warm)
+        from gbm.pipeline.warm import run_in_worker
+
+        argv = sys.argv[1:]
+        status = run_in_worker(argv) if argv[:1] != ["worker"] else None
+        if status is not None:
+            return status
     command = next((a for a in argv if not a.startswith("-")), None)
     args = build_parser(command).parse_args(argv)
     try:

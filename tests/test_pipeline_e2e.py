@@ -75,6 +75,16 @@ def test_smoke_benchmark_fills_the_tables(smoke):
     assert "±" in (smoke / "results" / "tables" / "benchmark.md").read_text()
 
 
+def test_smoke_benchmark_ran_every_job_in_one_warm_worker_that_stopped_with_it(smoke):
+    log = (smoke / "results" / "logs" / "warm_worker.log").read_text()
+    benchmarked = len(list((smoke / "results" / "benchmarks").glob("*/*.tsv")))
+    started, ended = log.count("started: gbm "), log.count("ended: {'exit': 0}")
+    assert started == ended and started > benchmarked > 30  # every job, and each one succeeded
+    for command in ("prepare-data", "train", "sample", "score", "floor", "neighbours", "mlflow-sync", "report"):
+        assert f"started: gbm {command} " in log, command
+    assert log.rstrip().endswith("gbm worker: stopped")
+
+
 def test_smoke_benchmark_draws_every_figure_as_png_and_pdf(smoke):
     figures = smoke / "results" / "figures"
     expected = ["fid_kid_vs_nfe", "training_loss", "toy_gbm", "forward_histograms_mnist", "trajectories_mnist"]
@@ -147,6 +157,12 @@ def test_interrupted_training_resumes_from_its_checkpoint(prepared_mnist, tmp_pa
     os.killpg(first.pid, signal.SIGINT)  # Ctrl-C: Snakemake stops the job and removes its outputs
     first.wait(timeout=60)
     assert not (run / "model.pt").exists()
+    worker_log = tmp_path / "results" / "logs" / "warm_worker.log"  # the job ran in the warm worker, which ended
+    deadline = time.time() + 60
+    while not worker_log.read_text().rstrip().endswith("stopped"):
+        assert time.time() < deadline, worker_log.read_text()[-2000:]
+        time.sleep(0.2)
+    assert "started: gbm train" in worker_log.read_text()
     interrupted_at = max(int(p.stem.split("_")[-1]) for p in (run / "checkpoints").glob("step_*.pt"))
     assert 0 < interrupted_at < 400
 

@@ -43,6 +43,8 @@ os.environ["GBM_METHOD_MODULES"] = os.pathsep.join(
     str(Path(m).resolve()) if m.endswith(".py") else m for m in config["method_modules"]
 )
 
+WARM_WORKER = []  # the local run's warm worker, once started
+
 
 onstart:
     # On SLURM: stop here, before any job is submitted, where the executor's job-status query fails
@@ -52,6 +54,25 @@ onstart:
 
         settings = workflow.executor_settings
         check_status_query(settings.status_command, settings.init_seconds_before_status_checks)
+    # Local runs: one warm worker serves every job's `gbm` command (gbm/pipeline/warm.py).
+    if config["warm_workers"] and workflow.executor_plugin is not None and workflow.executor_plugin.name == "local":
+        from gbm.pipeline.warm_launch import start_worker
+
+        WARM_WORKER.append(start_worker("results/logs/warm_worker.log"))
+
+
+onsuccess:
+    from gbm.pipeline.warm_launch import stop_worker
+
+    for worker in WARM_WORKER:
+        stop_worker(worker)
+
+
+onerror:
+    from gbm.pipeline.warm_launch import stop_worker
+
+    for worker in WARM_WORKER:
+        stop_worker(worker)
 
 
 EVALUATIONS = list(evaluations(config))
