@@ -98,6 +98,7 @@ class TrainingSetup:
     data: TrainingData
     data_record: dict
     priors: dict  # fitted statistics of the method's named priors (``Method.fit_priors``), stored in model.pt
+    fit_s: float = 0.0  # seconds spent fitting the method's data-dependent parameters (SDE statistics, priors)
 
 
 def _load_data(config: Config, method: Method) -> tuple[torch.Tensor, torch.Tensor | None, Callable | None, dict]:
@@ -153,8 +154,10 @@ def prepare(config: Config, device: str | torch.device = "auto") -> TrainingSetu
     values, labels, to_data_space, data_record = _load_data(config, method)
     full = values.float() if to_data_space is None else to_data_space(values)
     method.check_data(full, "data")
+    fit_began = time.perf_counter()
     sde = method.fit(sde, full)
     priors = method.fit_priors(sde, full, labels, data_record.get("dataset"))
+    fit_s = time.perf_counter() - fit_began
     loss_fn = method.make_loss(sde, **config.loss)
     del full
     if len(values) < config.train.batch_size:
@@ -165,7 +168,7 @@ def prepare(config: Config, device: str | torch.device = "auto") -> TrainingSetu
     model = ScoreModel(sde, backbone, config.model.parameterisation)
     data = TrainingData(values, to_data_space, config.seed, device)
     data_record |= {"shape": list(data.shape), "n_train": len(data)}
-    return TrainingSetup(config, device, sde, backbone, model, loss_fn, data, data_record, priors)
+    return TrainingSetup(config, device, sde, backbone, model, loss_fn, data, data_record, priors, fit_s)
 
 
 def model_record(setup: TrainingSetup, ema: EMA, step: int) -> dict:
@@ -365,6 +368,7 @@ def train(config: Config, run_dir: str | Path, device: str | torch.device = "aut
         "last_loss": log.recent[-1] if log.recent else None,
         "wall_time_s": wall_before + session,
         "session_wall_time_s": session,
+        "fit_s": setup.fit_s,  # this session's fit of the SDE statistics and priors, before the loop
         "session_steps": done,
         "images_per_s": done * tc.batch_size / session if done and session > 0 else None,
         "resumed_from_step": start,

@@ -79,6 +79,20 @@ def test_mnist_pickle_round_trips_exactly_with_train_and_valid_joined(tmp_path):
     assert_round_trip(prepared, joined, test)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bad", [0.5 / 256, 1.0, -1 / 256])
+def test_an_mnist_pickle_whose_pixels_are_not_whole_multiples_of_1_over_256_is_refused(tmp_path, dtype, bad):
+    rng = np.random.default_rng(5)
+    split = lambda n: (rng.integers(0, 256, (n, 16)).astype(dtype) / 256, rng.integers(0, 10, n))  # noqa: E731
+    train, valid, test = split(6), split(3), split(4)
+    valid[0][1, 3] = bad
+    data = gzip.compress(pickle.dumps((train, valid, test)))
+    (tmp_path / "mnist.pkl.gz").write_bytes(data)
+    known = {"mnist.pkl.gz": {"sha256": hashlib.sha256(data).hexdigest()}}
+    with pytest.raises(ValueError, match="pixels are not uint8 / 256"):
+        read_directory("mnist", tmp_path, known)
+
+
 def test_kmnist_npz_files_round_trip_exactly(tmp_path):
     rng = np.random.default_rng(2)
     train, test = synthetic_split(rng, 15), synthetic_split(rng, 5)

@@ -39,6 +39,9 @@ def test_mismatch_table_ranks_priors_and_shows_additive_priors_near_exact(tmp_pa
     markdown = (tmp_path / "tables" / "prior_mismatch.md").read_text()
     assert "| mnist | gbm | correlated * | 0.64 |" in markdown and "| mnist | gbm | iid | 0.64 |" in markdown
     assert (tmp_path / "mismatch.png").is_file() and (tmp_path / "mismatch.pdf").is_file()
+    record = json.loads((tmp_path / "tables" / "prior_mismatch.json").read_text())
+    assert record["rows"] == len(table) and record["sigma2_T_grid"] == [0.16, 1.0] and record["limit"] == 600
+    assert record["timing"]["metrics_s"] > 0  # counted as work in results/timing.json
 
 
 def test_bad_mismatch_input_names_the_option(tmp_path, capsys):

@@ -156,9 +156,12 @@ def _prior_mismatch(args) -> int:
         raise ValueError(f"--sigma2-t: every value must be positive, got {args.sigma2_t}")
     if args.limit is not None and args.limit < 4:
         raise ValueError(f"--limit: need at least 4 training images, got {args.limit}")
+    timing: dict = {}
     rows = [row for data in args.data
-            for row in mismatch_rows(Path(data), methods, args.held_out, tuple(args.sigma2_t), args.limit)]
-    written = write_mismatch(rows, Path(args.out_dir))
+            for row in mismatch_rows(Path(data), methods, args.held_out, tuple(args.sigma2_t), args.limit, timing)]
+    record = {"data": args.data, "methods": methods, "held_out": args.held_out, "sigma2_T_grid": args.sigma2_t,
+              "limit": args.limit, "rows": len(rows), "timing": timing}
+    written = write_mismatch(rows, Path(args.out_dir), record)
     if args.figure:
         mismatch_figure(rows, Path(args.figure))
     print("\n".join(str(p) for p in written))

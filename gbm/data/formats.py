@@ -66,11 +66,16 @@ def parse_mnist_pickle(payload_gz: bytes, where: str) -> tuple[np.ndarray, np.nd
         raise ValueError(f"{where}: not an MNIST pickle of (train, valid, test) ({error})") from error
 
     def pixels(x: np.ndarray) -> np.ndarray:
-        scaled = np.asarray(x, dtype=np.float64) * 256
-        if scaled.ndim != 2 or not np.array_equal(scaled, np.round(scaled)) or scaled.min() < 0 or scaled.max() > 255:
+        x = np.asarray(x)
+        exact = np.float32 if x.dtype == np.float32 else np.float64  # the file's own precision
+        scaled = x.astype(exact, copy=False) * exact(256)  # exact: a power of two
+        if scaled.ndim != 2 or scaled.min() < 0 or scaled.max() > 255:
+            raise ValueError(f"{where}: pixels are not uint8 / 256 in a (N, H*W) array")
+        values = scaled.astype(np.uint8)  # truncates; equal to scaled only where scaled is a whole number
+        if not np.array_equal(values, scaled):
             raise ValueError(f"{where}: pixels are not uint8 / 256 in a (N, H*W) array")
         side = int(round(np.sqrt(scaled.shape[1])))
-        return scaled.astype(np.uint8).reshape(-1, 1, side, side)
+        return values.reshape(-1, 1, side, side)
 
     train_images = np.concatenate([pixels(train[0]), pixels(valid[0])])
     train_labels = np.concatenate([train[1], valid[1]]).astype(np.int64)

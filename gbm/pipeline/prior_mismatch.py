@@ -9,7 +9,9 @@ The relative Fréchet distance (divided by the total variance of p_T) makes the 
 
 from __future__ import annotations
 
+import json
 import math
+import time
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +38,17 @@ def _split(data_npz: Path, held_out: int, limit: int | None):
 
 
 def mismatch_rows(data_npz: Path, methods: dict[str, dict], held_out: int = 10000,
-                  sigma2_T_grid: tuple[float, ...] = (), limit: int | None = None) -> list[dict]:
+                  sigma2_T_grid: tuple[float, ...] = (), limit: int | None = None,
+                  timing: dict | None = None) -> list[dict]:
     """One row per method entry and prior at the method's own ``sigma^2 T``, plus GBM rows for each
     ``sigma^2 T`` of ``sigma2_T_grid`` (``T`` kept, ``sigma`` varied). ``methods``: entry -> ``{"name", "sde"}``;
-    ``limit``: use the first ``limit`` training images (the benchmark's ``data_limit``), at most half held out."""
+    ``limit``: use the first ``limit`` training images (the benchmark's ``data_limit``), at most half held out;
+    ``timing``: gets ``metrics_s`` added, the seconds spent fitting and measuring (not loading the data)."""
     from gbm.methods import get_method
     from gbm.methods.gbm_priors import additive_prior_mismatch, log_data_moments, prior_mismatch
 
     dataset, fit_images, labels, held_images = _split(Path(data_npz), held_out, limit)
+    began = time.perf_counter()
     rows = []
     common = {"dataset": dataset, "dim": int(np.prod(fit_images.shape[1:])), "n_fit": len(fit_images),
               "n_held_out": len(held_images)}
@@ -69,6 +74,8 @@ def mismatch_rows(data_npz: Path, methods: dict[str, dict], held_out: int = 1000
             rows.append(common | {"method": entry, "prior": "fixed", "paper": True, "sigma2_T": math.nan,
                                   "frechet": result["frechet"], "relative_frechet": result["relative_frechet"],
                                   "at_config": True})
+    if timing is not None:
+        timing["metrics_s"] = timing.get("metrics_s", 0.0) + time.perf_counter() - began
     return rows
 
 
@@ -98,14 +105,17 @@ CAPTION = ("Prior mismatch: Fréchet distance between each start distribution an
            "GBM's iid is the paper's prior. A Fréchet distance compares two moments only.")
 
 
-def write_mismatch(rows: list[dict], out_dir: Path) -> list[Path]:
-    """prior_mismatch.{csv,md,tex} (rows at each method's configured sigma^2 T; the CSV has every row)."""
+def write_mismatch(rows: list[dict], out_dir: Path, record: dict | None = None) -> list[Path]:
+    """prior_mismatch.{csv,md,tex} (rows at each method's configured sigma^2 T; the CSV has every row), and
+    prior_mismatch.json with ``record`` (how the table was made and its compute seconds) when given."""
     out_dir = Path(out_dir)
     frame = pd.DataFrame(rows)
     shown = frame[frame["at_config"]].drop(columns="at_config")
     written = {"prior_mismatch.csv": frame.to_csv(index=False),
                "prior_mismatch.md": _markdown(shown, CAPTION),
                "prior_mismatch.tex": _latex(shown, CAPTION)}
+    if record is not None:
+        written["prior_mismatch.json"] = json.dumps(record, indent=2, sort_keys=True) + "\n"
     for name, text in written.items():
         write_text_atomic(out_dir / name, text)
     return [out_dir / name for name in written]

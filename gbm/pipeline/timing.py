@@ -1,8 +1,9 @@
 """Where the benchmark's wall time went: training, sampling and feature extraction versus overhead.
 
 Snakemake's ``benchmark:`` files give each job's wall time and (from their modification time) when it
-ended; the ``gbm`` commands report the seconds they spent in the work itself (training loop, sampler,
-Inception features, and the metrics computed from them: bootstrap intervals, FID_inf, SID). Overhead is
+ended; the ``gbm`` commands report the seconds they spent in the work itself (training: the loop and the fit of the method's
+data-dependent parameters, e.g. GBM's priors; sampler; Inception features; and the metrics: bootstrap
+intervals, FID_inf and SID from the features, and the prior-mismatch table's Fréchet distances). Overhead is
 the share of the available core-time (wall time x cores) not spent in that work (each compute second occupies ``min(threads, cores)`` cores): process start-up, imports, data
 loading, scheduling, idle cores, tables, figures, MLflow.
 """
@@ -45,17 +46,24 @@ def job_times(results: Path) -> list[dict]:
 def compute_seconds(results: Path) -> dict[str, float]:
     """Seconds the gbm commands spent training, sampling, extracting features and computing metrics from them."""
     results = Path(results)
-    train = sum(_seconds(p, "training") for p in results.glob("*/*/seed*/run/train_metrics.json"))
+    train = sum(_seconds(p, "training") + _fit_seconds(p) for p in results.glob("*/*/seed*/run/train_metrics.json"))
     sample = sum(_seconds(p) for p in results.glob("*/*/seed*/*/steps*/samples.json"))
     features = sum(_seconds(p, "timing") for p in results.glob("*/*/seed*/*/steps*/metrics.json"))
     features += sum(_seconds(p, "timing") for p in results.glob("*/floor.json"))
     scored = [*results.glob("*/*/seed*/*/steps*/metrics.json"), *results.glob("*/floor.json")]
     metrics = sum(_metric_seconds(p) for p in scored)
+    metrics += sum(_metric_seconds(p) for p in results.glob("tables/prior_mismatch.json"))
     for path in results.glob("*/*/seed*/*/steps*/neighbours.npz"):
         with np.load(path) as archive:
             meta = json.loads(str(archive["meta"])) if "meta" in archive else {}
         features += float(_pick(meta, "timing.features_s", default=0.0))
     return {"training": train, "sampling": sample, "feature_extraction": features, "metrics": metrics}
+
+
+def _fit_seconds(path: Path) -> float:
+    """Seconds a training run spent fitting its method's data-dependent parameters (SDE statistics, priors)."""
+    value = json.loads(path.read_text()).get("fit_s", 0.0)
+    return float(value) if isinstance(value, (int, float)) else 0.0
 
 
 def _metric_seconds(path: Path) -> float:
