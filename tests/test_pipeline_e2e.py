@@ -80,7 +80,7 @@ def test_smoke_benchmark_ran_every_job_in_one_warm_worker_that_stopped_with_it(s
     benchmarked = len(list((smoke / "results" / "benchmarks").glob("*/*.tsv")))
     started, ended = log.count("started: gbm "), log.count("ended: {'exit': 0}")
     assert started == ended and started > benchmarked > 30  # every job, and each one succeeded
-    for command in ("prepare-data", "train", "sample", "score", "floor", "neighbours", "mlflow-sync", "report"):
+    for command in ("train", "sample", "score", "floor", "neighbours", "mlflow-sync", "report"):
         assert f"started: gbm {command} " in log, command
     assert log.rstrip().endswith("gbm worker: stopped")
 
