@@ -21,12 +21,12 @@ from gbm.pipeline.warm import SOCKET_ENV
 GBM = str(Path(sys.executable).parent / "gbm")
 
 
-def start_worker(tmp_path: Path, *extra: str, ready: str = "serving on") -> tuple[subprocess.Popen, Path, Path]:
+def start_worker(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, Path, Path]:
     socket_path, log = tmp_path / "worker.sock", tmp_path / "worker.log"
     worker = subprocess.Popen([GBM, "worker", "--socket", str(socket_path), *extra], stdout=open(log, "wb"),
                               stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.time() + 120
-    while ready not in log.read_text():
+    while "serving on" not in log.read_text():
         assert worker.poll() is None and time.time() < deadline, log.read_text()
         time.sleep(0.1)
     return worker, socket_path, log
@@ -40,7 +40,7 @@ def stop(worker: subprocess.Popen) -> None:
 @pytest.fixture(scope="module")
 def preloaded_worker(tmp_path_factory):
     """A worker that preloaded torch, torch-fidelity's Inception network, MLflow and the plotting stack."""
-    worker, socket_path, log = start_worker(tmp_path_factory.mktemp("worker"), ready="preloaded in")
+    worker, socket_path, log = start_worker(tmp_path_factory.mktemp("worker"))
     yield socket_path, log
     stop(worker)
 
@@ -144,20 +144,6 @@ def test_exit_status_and_both_streams_reach_the_client(bare_worker, tmp_path):
     help_fresh, help_warm = (gbm(["train", "--help"], cwd=tmp_path, socket_path=s) for s in (None, socket_path))
     assert help_warm.returncode == 0 and help_warm.stdout == help_fresh.stdout
     assert log.read_text().count("started: gbm") == 2
-
-
-def test_commands_that_arrive_while_the_worker_preloads_start_at_once(tmp_path):
-    worker, socket_path, log = start_worker(tmp_path)  # returns as soon as it serves, before preloading ends
-    try:
-        fresh = gbm(["score", "--real", "missing.npz", "--fake", "missing.npz"], cwd=tmp_path)
-        warm = gbm(["score", "--real", "missing.npz", "--fake", "missing.npz"], cwd=tmp_path, socket_path=socket_path)
-        assert (warm.returncode, warm.stderr) == (fresh.returncode, fresh.stderr)
-        _wait_for(lambda: "preloaded in" in log.read_text(), what="the preload")
-        lines = log.read_text().splitlines()
-        started = next(i for i, line in enumerate(lines) if "started: gbm score" in line)
-        assert started < next(i for i, line in enumerate(lines) if "preloaded in" in line)
-    finally:
-        stop(worker)
 
 
 def test_the_child_runs_in_the_clients_directory_with_its_environment(bare_worker, tmp_path):

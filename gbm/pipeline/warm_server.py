@@ -2,10 +2,9 @@
 
 ``gbm worker --socket PATH`` (started by a local Snakemake run, ``common.smk``) imports every ``gbm``
 command module, torch, torch-fidelity (and builds its Inception network on the CPU when the converted
-weights are cached), MLflow, pandas, matplotlib and seaborn once, one module at a time between serving
-``gbm.pipeline.warm`` clients, so the first jobs need not wait for all of it. Each request is forked into a
-child that takes the client's descriptors 0-2, working directory, environment and umask and runs
-``gbm.cli.main``.
+weights are cached), MLflow, pandas, matplotlib and seaborn once, then serves ``gbm.pipeline.warm``
+clients: each request is forked into a child that takes the client's descriptors 0-2, working directory,
+environment and umask and runs ``gbm.cli.main``.
 
 A child matches a fresh ``gbm`` process where results could depend on it: torch's intra-op threads (and
 the BLAS pools through threadpoolctl) follow the job's ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` as in a
@@ -57,29 +56,24 @@ class _Startup:
         self.thread_variables = {k: os.environ.get(k) for k in _THREAD_VARIABLES}
 
 
-def preload_steps(log):
-    """Import what the commands import and build the CPU Inception network, one module per step, so the
-    server can start the commands that arrive meanwhile (a child forked early imports the rest itself).
-    Every step yields the start-up state, taken before anything else."""
+def preload(log) -> _Startup:
+    """Import what the commands import and build the CPU Inception network; returns the start-up state."""
     import importlib
-
-    import torch
 
     os.environ.setdefault("MPLBACKEND", "Agg")
     started = time.perf_counter()
     startup = _Startup()
+    import torch
+
     torch.set_num_threads(1)  # no OpenMP pool in the server: children fork from a single-threaded process
-    yield startup
     for name in PRELOAD:
         try:
             importlib.import_module(name)
         except Exception as error:  # noqa: BLE001 - a missing optional module only costs the child its import
             log(f"preload: {name} not loaded ({type(error).__name__}: {error})")
-        yield startup
     from gbm.cli import build_parser
 
     build_parser()  # every command module
-    yield startup
     try:
         from gbm.metrics.features import torch_fidelity_extractor
         from gbm.metrics.weights import _cached
@@ -91,7 +85,7 @@ def preload_steps(log):
     if torch.cuda.is_initialized():
         raise RuntimeError("warm worker: CUDA was initialised while preloading; forking would be unsafe")
     log(f"preloaded in {time.perf_counter() - started:.1f} s; {threading.active_count()} Python thread(s)")
-    yield startup
+    return startup
 
 
 def _thread_count(environ: dict, names: tuple[str, ...]) -> int | None:
@@ -218,17 +212,14 @@ class WarmServer:
                 os.unlink(self.path)
             self.listener.bind(self.path)
             os.chmod(self.path, 0o600)
-            self.listener.listen(128)
+            self.listener.listen(128)  # clients queue here while the preload runs
+        startup = preload(self.log) if preload_modules else _Startup()
         self.selector.register(self.listener, selectors.EVENT_READ, None)
         self.selector.register(self.wakeup, selectors.EVENT_READ, "wakeup")
-        steps = preload_steps(self.log) if preload_modules else iter([_Startup()])
-        startup = next(steps)
-        preloading = preload_modules
         self.log(f"serving on {self.path} (pid {os.getpid()})")
         try:
             while self.running:
-                # while preloading, one module per pass and no waiting: commands start as they arrive
-                for key, _ in self.selector.select(timeout=0 if preloading else 0.2):
+                for key, _ in self.selector.select(timeout=0.2):
                     if key.data is None:
                         self._start(startup)
                     elif key.data == "wakeup":
@@ -240,8 +231,6 @@ class WarmServer:
                 if self.watch_pid is not None and os.getppid() != self.watch_pid:
                     self.log(f"process {self.watch_pid} that started this worker is gone")
                     self.running = False
-                if preloading:
-                    preloading = next(steps, None) is not None
         finally:
             self._shutdown()
         return 0
