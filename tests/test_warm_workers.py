@@ -240,5 +240,5 @@ def test_the_worker_ends_with_the_process_that_started_it(tmp_path):
     starter.kill()
     starter.wait()
     _wait_for(lambda: not _alive(int(pid)), timeout=120, what="the worker to end")
-    assert not Path(socket_path).exists()
+    assert not Path(socket_path).exists() and not Path(socket_path).parent.exists()
     assert "is gone" in (tmp_path / "worker.log").read_text()

@@ -354,6 +354,12 @@ class WarmServer:
         self.listener.close()
         if os.path.exists(self.path):
             os.unlink(self.path)
+        folder = os.path.dirname(self.path)
+        if os.path.basename(folder).startswith("gbm-warm-"):  # warm_launch's own directory: gone with it
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
         self.log("stopped")
 
 
