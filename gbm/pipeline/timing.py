@@ -60,15 +60,19 @@ def compute_seconds(results: Path) -> dict[str, float]:
     return {"training": train, "sampling": sample, "feature_extraction": features, "metrics": metrics}
 
 
+def _seconds_at(path: Path, key: str) -> float:
+    """The number at ``key`` (dotted) in a JSON file; 0 when it is absent."""
+    value = _pick(json.loads(path.read_text()), key, default=0.0)
+    return float(value) if isinstance(value, (int, float)) else 0.0
+
+
 def _fit_seconds(path: Path) -> float:
     """Seconds a training run spent fitting its method's data-dependent parameters (SDE statistics, priors)."""
-    value = json.loads(path.read_text()).get("fit_s", 0.0)
-    return float(value) if isinstance(value, (int, float)) else 0.0
+    return _seconds_at(path, "fit_s")
 
 
 def _metric_seconds(path: Path) -> float:
-    value = _pick(json.loads(path.read_text()), "timing.metrics_s", default=0.0)
-    return float(value) if isinstance(value, (int, float)) else 0.0
+    return _seconds_at(path, "timing.metrics_s")
 
 
 def timing_report(results: Path, cores: int, threads: int) -> dict:

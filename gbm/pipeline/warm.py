@@ -67,7 +67,7 @@ def _read_exactly(sock: socket.socket, size: int) -> bytes:
     return b"".join(chunks)
 
 
-def _standard_streams() -> list[int]:
+def _standard_stream_fds() -> list[int]:
     """Descriptors 0, 1 and 2, with /dev/null in place of any that is closed."""
     fds = []
     for fd in (0, 1, 2):
@@ -77,6 +77,11 @@ def _standard_streams() -> list[int]:
         except OSError:
             fds.append(os.open(os.devnull, os.O_RDWR))
     return fds
+
+
+def environment_without_socket() -> dict:
+    """This process's environment minus ``$GBM_WARM_SOCKET`` (what a child or the worker itself gets)."""
+    return {k: v for k, v in os.environ.items() if k != SOCKET_ENV}
 
 
 def _umask() -> int:
@@ -106,10 +111,9 @@ def run_in_worker(argv: list[str]) -> int | None:
     if sock is None:
         return None
     with sock:
-        environment = {k: v for k, v in os.environ.items() if k != SOCKET_ENV}
-        request = {"argv": list(argv), "cwd": os.getcwd(), "env": environment, "umask": _umask()}
+        request = {"argv": list(argv), "cwd": os.getcwd(), "env": environment_without_socket(), "umask": _umask()}
         try:
-            send_message(sock, request, _standard_streams())
+            send_message(sock, request, _standard_stream_fds())
             started, _ = receive_message(sock)
         except OSError:
             started = None

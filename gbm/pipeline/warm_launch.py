@@ -16,7 +16,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gbm.pipeline.warm import SOCKET_ENV
+from gbm.pipeline.warm import SOCKET_ENV, environment_without_socket
 
 
 def start_worker(log_path: str | Path) -> subprocess.Popen:
@@ -26,7 +26,7 @@ def start_worker(log_path: str | Path) -> subprocess.Popen:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     gbm = shutil.which("gbm")
     command = [gbm] if gbm else [sys.executable, "-m", "gbm"]
-    environment = {k: v for k, v in os.environ.items() if k != SOCKET_ENV}
+    environment = environment_without_socket()
     # Bound and listening before the first job starts: a job's client queues until the worker has preloaded.
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(socket_path))

@@ -116,7 +116,7 @@ def _match_fresh_process(environ: dict, startup: _Startup) -> None:
     np.random.seed()
 
 
-def _standard_streams(fds: list[int]) -> None:
+def _adopt_standard_streams(fds: list[int]) -> None:
     """Descriptors 0-2 become the client's; sys.std* are rebuilt over them as Python builds them at start-up."""
     for target, fd in zip((0, 1, 2), fds):
         if fd != target:
@@ -156,7 +156,7 @@ def run_child(request: dict, fds: list[int], startup: _Startup) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for signum in (*FORWARDED_SIGNALS[1:], signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
-        _standard_streams(fds)
+        _adopt_standard_streams(fds)
         os.chdir(request["cwd"])
         os.umask(request["umask"])
         os.environ.clear()
