@@ -83,6 +83,8 @@ def test_smoke_benchmark_ran_every_job_in_one_warm_worker_that_stopped_with_it(s
     for command in ("train", "sample", "score", "floor", "neighbours", "mlflow-sync", "report"):
         assert f"started: gbm {command} " in log, command
     assert log.rstrip().endswith("gbm worker: stopped")
+    # started while Snakemake parsed the run (not again in onstart), and not by the --report run after it
+    assert log.startswith("gbm worker: starting while Snakemake parses the workflow") and log.count("starting") == 1
 
 
 def test_smoke_benchmark_draws_every_figure_as_png_and_pdf(smoke):

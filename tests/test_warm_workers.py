@@ -242,3 +242,45 @@ def test_the_worker_ends_with_the_process_that_started_it(tmp_path):
     _wait_for(lambda: not _alive(int(pid)), timeout=120, what="the worker to end")
     assert not Path(socket_path).exists() and not Path(socket_path).parent.exists()
     assert "is gone" in (tmp_path / "worker.log").read_text()
+
+
+def test_the_worker_stops_preloading_when_the_process_that_started_it_is_gone(tmp_path):
+    """A run that ends before any job (nothing to be done, a DAG error) does not leave a preload running."""
+    script = textwrap.dedent(f"""
+        import os
+        from gbm.pipeline.warm_launch import start_worker
+        worker = start_worker({str(tmp_path / 'worker.log')!r}, "for the test")
+        print(worker.pid, os.environ[{SOCKET_ENV!r}], flush=True)
+    """)  # the starter exits at once, while the worker imports torch
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    pid, socket_path = subprocess.run([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=env,
+                                      check=True).stdout.split()
+    _wait_for(lambda: not _alive(int(pid)), timeout=120, what="the worker to end")
+    log = (tmp_path / "worker.log").read_text()
+    assert log.startswith("gbm worker: starting for the test (pid ")
+    assert "preload stopped before" in log and "serving on" not in log and "preloaded in" not in log, log
+    assert not Path(socket_path).parent.exists()
+
+
+@pytest.mark.parametrize("argv, early", [
+    (["/venv/bin/snakemake", "--cores", "2"], True),
+    (["/venv/bin/snakemake", "--cores", "8", "--resources", "gpu=2", "--config", "seeds=[0]", "all"], True),
+    (["/venv/lib/python3.11/site-packages/snakemake/__main__.py", "-s", "Snakefile", "--directory", "w", "-c1"],
+     False),  # -c1: an option spelling outside the list; onstart starts the worker then
+    (["/venv/lib/python3.11/site-packages/snakemake/__main__.py", "-s", "Snakefile", "--directory=w", "-c", "1"],
+     True),
+    (["/venv/bin/snakemake", "--cores", "2", "-n"], False),
+    (["/venv/bin/snakemake", "--dry-run"], False),
+    (["/venv/bin/snakemake", "--report", "results/report.html"], False),
+    (["/venv/bin/snakemake", "--executor", "slurm", "--jobs", "4"], False),
+    (["/venv/bin/snakemake", "--profile", "profiles/slurm"], False),
+    (["/venv/bin/snakemake", "--cores", "2", "--touch"], False),
+    (["/venv/bin/pytest", "tests"], False),  # the Python API inside another program
+    ([], False),
+])
+def test_the_worker_starts_while_snakemake_parses_only_for_a_plain_local_run(argv, early):
+    from gbm.pipeline.warm_launch import early_start
+
+    assert early_start(argv, {}) is early
+    assert early_start(argv, {"SNAKEMAKE_PROFILE": "profiles/slurm"}) is False
+    assert early_start(argv, {"SLURM_JOB_ID": "7"}) is False

@@ -43,7 +43,14 @@ os.environ["GBM_METHOD_MODULES"] = os.pathsep.join(
     str(Path(m).resolve()) if m.endswith(".py") else m for m in config["method_modules"]
 )
 
-WARM_WORKER = []  # the local run's warm worker, once started
+# The local run's warm worker (gbm/pipeline/warm_launch.py): started here, while Snakemake parses, for a
+# plain `snakemake --cores N ...` (its preload then overlaps Snakemake's start-up), else in onstart.
+WARM_WORKER = []
+if config["warm_workers"] and workflow.is_main_process:
+    from gbm.pipeline.warm_launch import early_start, start_worker
+
+    if early_start(sys.argv):
+        WARM_WORKER.append(start_worker("results/logs/warm_worker.log", "while Snakemake parses the workflow"))
 
 
 onstart:
@@ -55,10 +62,14 @@ onstart:
         settings = workflow.executor_settings
         check_status_query(settings.status_command, settings.init_seconds_before_status_checks)
     # Local runs: one warm worker serves every job's `gbm` command (gbm/pipeline/warm.py).
-    if config["warm_workers"] and workflow.executor_plugin is not None and workflow.executor_plugin.name == "local":
-        from gbm.pipeline.warm_launch import start_worker
+    from gbm.pipeline.warm_launch import start_worker, stop_worker
 
-        WARM_WORKER.append(start_worker("results/logs/warm_worker.log"))
+    if config["warm_workers"] and workflow.executor_plugin is not None and workflow.executor_plugin.name == "local":
+        if not WARM_WORKER:
+            WARM_WORKER.append(start_worker("results/logs/warm_worker.log", "in onstart"))
+    else:  # started while parsing, but the jobs run elsewhere (a profile's executor) or not at all
+        while WARM_WORKER:
+            stop_worker(WARM_WORKER.pop())
 
 
 onsuccess:
