@@ -1,6 +1,12 @@
 # Aggregation, tables and figures (`gbm report ...`); figures and tables are wrapped in report() so that
 # `snakemake --report results/report.html` shows them with their captions.
 
+# Figures and the prior-mismatch table need only early inputs (data, a model, samples); Snakemake would run
+# them between the compute jobs. They run last instead, beside the final score jobs, where a core would
+# otherwise idle (the default benchmark's tail had one core idle for 12-24 s). The toy figure keeps the
+# default: it needs nothing and fills the second core while the data is prepared.
+FILLER = -1
+
 
 rule aggregate:
     input:
@@ -75,6 +81,7 @@ rule figure_samples:
         pdf=pdf(GRIDS),
     params:
         n=config["evaluation"]["grid"],
+    priority: FILLER
     log:
         "results/logs/report/figure_samples.log",
     benchmark:
@@ -93,6 +100,7 @@ rule figure_neighbours:
         pdf=pdf(NEIGHBOUR_FIGURES),
     params:
         queries=config["evaluation"]["neighbours"]["queries"],
+    priority: FILLER
     log:
         "results/logs/report/figure_neighbours.log",
     benchmark:
@@ -110,6 +118,7 @@ rule figure_forward:
         pdf=pdf(FORWARD_FIGURES),
     params:
         times=" ".join(str(t) for t in config["figures"]["histogram_times"]),
+    priority: FILLER
     log:
         "results/logs/report/figure_forward.log",
     benchmark:
@@ -130,6 +139,7 @@ rule figure_trajectories:
         steps=lambda wildcards: max(
             s for spec in config["methods"][TRAJECTORY_ENTRY]["samplers"].values() for s in spec["steps"]
         ),
+    priority: FILLER
     log:
         "results/logs/report/figure_trajectories.log",
     benchmark:
@@ -183,6 +193,7 @@ rule figure_loss:
         pdf="results/figures/training_loss.pdf",
     params:
         loss=[f"{r}/loss.csv" for r in RUN_DIRS],
+    priority: FILLER
     log:
         "results/logs/report/figure_loss.log",
     benchmark:
@@ -219,9 +230,7 @@ rule prior_mismatch:
     params:
         methods=shlex.quote(json.dumps(MISMATCH_METHODS)),
         limit="" if config["data_limit"] is None else f"--limit {config['data_limit']}",
-    # Needs only the data, so Snakemake would run it early; run last instead, beside the final score job,
-    # where a core would otherwise idle (the tail of the default benchmark: 24 s with one job running).
-    priority: -1
+    priority: FILLER
     threads: THREADS  # its fits and eigensolves are compute (counted as metrics in results/timing.json)
     log:
         "results/logs/report/prior_mismatch.log",
