@@ -25,12 +25,18 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that run in their own process even when a warm worker is advertised: a run's first jobs (the
+# data, the resolved config), which every training job waits for. In the worker they would wait for its
+# preload (~9 s) and then run; in their own process they run beside it.
+IN_OWN_PROCESS = ("worker", "prepare-data", "write-config")
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:  # the command line: a warm worker runs it when one is advertised (gbm.pipeline.warm)
         from gbm.pipeline.warm import run_in_worker
 
         argv = sys.argv[1:]
-        status = run_in_worker(argv) if argv[:1] != ["worker"] else None
+        status = run_in_worker(argv) if argv[:1] and argv[0] not in IN_OWN_PROCESS else None
         if status is not None:
             return status
     command = next((a for a in argv if not a.startswith("-")), None)

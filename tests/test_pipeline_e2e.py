@@ -82,6 +82,8 @@ def test_smoke_benchmark_ran_every_job_in_one_warm_worker_that_stopped_with_it(s
     assert started == ended and started > benchmarked > 30  # every job, and each one succeeded
     for command in ("train", "sample", "score", "floor", "neighbours", "mlflow-sync", "report"):
         assert f"started: gbm {command} " in log, command
+    assert "started: gbm write-config" not in log  # imports no torch: runs in its own process, beside the preload
+    assert (smoke / "results" / "config.resolved.yaml").is_file()
     assert log.rstrip().endswith("gbm worker: stopped")
     # started while Snakemake parsed the run (not again in onstart), and not by the --report run after it
     assert log.startswith("gbm worker: starting while Snakemake parses the workflow") and log.count("starting") == 1

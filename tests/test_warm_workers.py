@@ -224,6 +224,17 @@ def test_without_a_worker_or_inside_slurm_the_command_runs_in_its_own_process(ba
     assert slurm.returncode == 2 and "started:" not in log.read_text()
 
 
+def test_a_runs_first_jobs_run_in_their_own_process_beside_the_preload(bare_worker, tmp_path):
+    socket_path, log = bare_worker
+    for command in (["prepare-data", "no-such-dataset", "--out", "x.npz"], ["write-config", "--out", "x.yaml"]):
+        own = gbm(command, cwd=tmp_path, socket_path=socket_path)
+        assert own.returncode == 2 and "error" in own.stderr, own.stderr
+    served = gbm(["score", "--real", "x", "--fake", "y"], cwd=tmp_path, socket_path=socket_path)
+    assert served.returncode == 2
+    started = [line for line in log.read_text().splitlines() if "started:" in line]
+    assert len(started) == 1 and "started: gbm score" in started[0]
+
+
 def test_the_worker_ends_with_the_process_that_started_it(tmp_path):
     """Snakemake killed outright (no onsuccess/onerror): its worker notices and removes its socket."""
     script = textwrap.dedent(f"""
