@@ -7,6 +7,7 @@ import hashlib
 import pickle
 import socket
 import struct
+import sys
 
 import numpy as np
 import pytest
@@ -173,3 +174,30 @@ def test_a_failed_write_leaves_neither_a_partial_nor_a_temporary_file(tmp_path, 
     with pytest.raises(OSError, match="disk full"):
         save_prepared(raw, "kmnist", tmp_path / "out" / "kmnist.npz")
     assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("resolves, cached, tries_torchvision", [(False, False, False), (True, False, True), (False, True, True)])
+def test_offline_the_download_is_skipped_before_torchvision_is_imported(monkeypatch, tmp_path, resolves, cached, tries_torchvision):
+    """No mirror host resolves and nothing is cached: the source gives up at once (importing torchvision costs a
+    run's first job seconds). A host that resolves, or files in torchvision's cache, still go to torchvision."""
+    from gbm.data import sources
+
+    monkeypatch.delenv("GBM_NO_DOWNLOAD")
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # importing it raises ImportError
+    looked_up = []
+
+    def getaddrinfo(host, *args, **kwargs):
+        looked_up.append(host)
+        if not resolves:
+            raise socket.gaierror(-2, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", 443))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    if cached:
+        (tmp_path / "cache" / "torchvision" / "MNIST" / "raw").mkdir(parents=True)
+    expected = ImportError if tries_torchvision else sources.SourceUnavailable
+    with pytest.raises(expected) as error:
+        sources.download_torchvision("mnist")
+    if not tries_torchvision:
+        assert "no mirror host resolves" in str(error.value)
+        assert looked_up == list(sources.DOWNLOAD_HOSTS["mnist"])

