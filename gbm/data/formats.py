@@ -54,14 +54,14 @@ def idx_images(array: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(array[:, None])
 
 
-def parse_mnist_pickle(payload_gz: bytes, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The ``mnist.pkl.gz`` format: ((train 50k), (valid 10k), (test 10k)), float32 = uint8 / 256.
+def parse_mnist_pickle(payload: bytes, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The ``mnist.pkl.gz`` format, gunzipped: ((train 50k), (valid 10k), (test 10k)), float32 = uint8 / 256.
 
     Only call this on a checksum-verified file: unpickling runs code. Train + valid, in order, is the
     original 60k training split; ``x * 256`` recovers the uint8 pixels exactly, which is checked.
     """
     try:
-        train, valid, test = pickle.loads(gzip.decompress(payload_gz), encoding="latin1")
+        train, valid, test = pickle.loads(payload, encoding="latin1")
     except Exception as error:  # any corruption of a pickle surfaces as an arbitrary exception
         raise ValueError(f"{where}: not an MNIST pickle of (train, valid, test) ({error})") from error
 

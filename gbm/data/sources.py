@@ -157,7 +157,7 @@ def read_mnist_pickle(path: Path, known: Checksums, source: str, *, data: bytes 
     if "sha256" not in known.get(path.name, {}):
         raise ChecksumError(f"{path}: no known checksum, refusing to unpickle an unverified file")
     payload, record = read_checked(path, known, data=data)
-    train_images, train_labels, test_images, test_labels = formats.parse_mnist_pickle(data or path.read_bytes(), str(path))
+    train_images, train_labels, test_images, test_labels = formats.parse_mnist_pickle(payload, str(path))
     return RawDataset(train_images, train_labels, test_images, test_labels, source, {path.name: record})
 
 
