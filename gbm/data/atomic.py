@@ -9,16 +9,29 @@ from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (``os.umask`` alone must set one)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success move it over ``path`` with ``os.replace``.
 
     The temporary name keeps the final suffix (numpy and torch look at it) and starts with ``.tmp-`` so
-    that nothing globbing for finished files picks it up. On error the temporary file is removed.
+    that nothing globbing for finished files picks it up. On error the temporary file is removed. The file
+    gets the mode a plain ``open`` would give it (0666 less the umask), not ``mkstemp``'s private 0600.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
+    os.fchmod(handle, 0o666 & ~_umask())
     os.close(handle)
     tmp = Path(tmp_name)
     try:
