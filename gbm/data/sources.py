@@ -273,7 +273,7 @@ def download_torchvision(name: str) -> RawDataset:
     except Exception as error:  # torchvision raises RuntimeError, URLError, OSError, ... when offline
         reason = " ".join(str(error).split())[:300]
         raise SourceUnavailable(f"torchvision download failed: {reason}") from error
-    folder = root / "cifar-10-batches-py" if name == "cifar10" else root / cls.__name__ / "raw"
+    folder = own_folder if name == "cifar10" else own_folder / "raw"
     return read_directory(name, folder, known_checksums(name)) if name != "cifar10" else read_cifar10(folder, known_checksums(name), f"torchvision download ({folder})")
 
 
