@@ -295,3 +295,21 @@ def test_the_worker_starts_while_snakemake_parses_only_for_a_plain_local_run(arg
     assert early_start(argv, {}) is early
     assert early_start(argv, {"SNAKEMAKE_PROFILE": "profiles/slurm"}) is False
     assert early_start(argv, {"SLURM_JOB_ID": "7"}) is False
+
+
+def test_a_child_writes_its_files_under_the_clients_umask(bare_worker, tmp_path):
+    """The worker's child takes the client's umask, and the result files get the mode it gives (not 0600)."""
+    socket_path, log = bare_worker
+    bench = tmp_path / "results" / "benchmarks" / "train"
+    bench.mkdir(parents=True)
+    (bench / "job.tsv").write_text("s\th:m:s\n1.0\t0:00:01\n")
+    command = [GBM, "report", "timing", "--results", "results", "--cores", "2", "--threads", "1", "--out", "timing.json"]
+    env = {**os.environ, SOCKET_ENV: str(socket_path)}
+    for umask, mode in ((0o027, 0o640), (0o022, 0o644)):
+        out = tmp_path / "timing.json"
+        out.unlink(missing_ok=True)
+        result = subprocess.run(["sh", "-c", f'umask {umask:03o} && exec "$@"', "sh", *command], cwd=tmp_path, env=env,
+                                capture_output=True, text=True)
+        assert result.returncode == 0, result.stderr
+        assert out.stat().st_mode & 0o777 == mode
+    assert log.read_text().count("started: gbm report timing") == 2

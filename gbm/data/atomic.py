@@ -8,16 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-
-def _umask() -> int:
-    """The process's umask, read without changing it where Linux reports it (``os.umask`` alone must set one)."""
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
+from gbm.umask import current_umask
 
 
 @contextlib.contextmanager
@@ -31,7 +22,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, tmp_name = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=path.suffix, dir=path.parent)
-    os.fchmod(handle, 0o666 & ~_umask())
+    os.fchmod(handle, 0o666 & ~current_umask())
     os.close(handle)
     tmp = Path(tmp_name)
     try:

@@ -26,6 +26,8 @@ import socket
 import struct
 import sys
 
+from gbm.umask import current_umask
+
 SOCKET_ENV = "GBM_WARM_SOCKET"
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _HEADER = struct.Struct("!I")
@@ -84,12 +86,6 @@ def environment_without_socket() -> dict:
     return {k: v for k, v in os.environ.items() if k != SOCKET_ENV}
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def connect(environ: dict | None = None) -> socket.socket | None:
     """A connection to the advertised warm worker, or None (no server, or inside a SLURM job)."""
     environ = os.environ if environ is None else environ
@@ -111,7 +107,7 @@ def run_in_worker(argv: list[str]) -> int | None:
     if sock is None:
         return None
     with sock:
-        request = {"argv": list(argv), "cwd": os.getcwd(), "env": environment_without_socket(), "umask": _umask()}
+        request = {"argv": list(argv), "cwd": os.getcwd(), "env": environment_without_socket(), "umask": current_umask()}
         try:
             send_message(sock, request, _standard_stream_fds())
             started, _ = receive_message(sock)
