@@ -1,8 +1,9 @@
 """The registry of diffusion methods: every method the pipeline, the command line, config validation and
 the tables know, by name.
 
-Built in: ``gbm`` (``gbm.methods.gbm``), ``vp``, ``subvp``, ``ve`` (``gbm.methods.additive``) and ``cld``
-(``gbm.methods.cld``). More come from modules named in the environment variable ``GBM_METHOD_MODULES``
+Built in: ``gbm`` (``gbm.methods.gbm``), ``vp``, ``subvp``, ``ve`` (``gbm.methods.additive``), ``cld``
+(``gbm.methods.cld``) and ``beta`` (``gbm.methods.beta``, Beta diffusion). More come from modules named in
+the environment variable ``GBM_METHOD_MODULES``
 (``os.pathsep``-separated dotted module names or ``.py`` files; the pipeline sets it from the config key
 ``method_modules``), each of which calls ``register``; a method is then usable by every ``gbm`` command.
 """
@@ -16,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from gbm.methods import additive, cld
+from gbm.methods import additive, beta, cld
 from gbm.methods import gbm as gbm_method
 from gbm.methods.base import Method
 from gbm.sde import SDE
@@ -37,7 +38,7 @@ def register(method: Method) -> Method:
     return method
 
 
-for _method in (gbm_method.METHOD, *additive.METHODS, cld.METHOD):
+for _method in (gbm_method.METHOD, *additive.METHODS, cld.METHOD, beta.METHOD):
     register(_method)
 
 
