@@ -194,35 +194,71 @@ def _all_finite(tensors) -> bool:
     return all(bool(torch.isfinite(t).all()) for t in tensors if t.is_floating_point())
 
 
+STEP_LOG_NAME = "train_log.csv"  # in a run directory: step, learning_rate, images_per_s of each logged step
+
+
+def _complete_rows(path: Path, columns: tuple[str, ...], keep_until: int) -> list[dict]:
+    """The rows of ``path`` up to step ``keep_until`` that a killed job wrote whole, in increasing step order."""
+    rows: list[dict] = []
+    if keep_until <= 0 or not path.is_file():
+        return rows
+    with open(path) as handle:
+        for row in csv.DictReader(handle):
+            if any(not row.get(c) for c in columns):
+                continue  # a row cut short by a kill
+            try:
+                step = int(row["step"])
+            except ValueError:
+                continue
+            if step <= keep_until and (not rows or step > int(rows[-1]["step"])):
+                rows.append(row)
+    return rows
+
+
+def _restart_csv(path: Path, columns: tuple[str, ...], keep_until: int) -> list[dict]:
+    """Rewrite ``path`` with its whole rows of steps ``<= keep_until`` (those a checkpoint covers); return them."""
+    rows = _complete_rows(path, columns, keep_until)
+    text = io.StringIO()
+    text.write(",".join(columns) + "\n")
+    for row in rows:
+        text.write(",".join(row[c] for c in columns) + "\n")
+    write_text_atomic(path, text.getvalue())
+    return rows
+
+
 class _LossLog:
-    """Per-step losses kept on the device and flushed to ``loss.csv``; the flush checks finiteness."""
+    """Per-step losses kept on the device and flushed to ``loss.csv``; the flush checks finiteness.
+
+    Beside it, ``train_log.csv`` holds the other metrics of each flushed step (learning rate, throughput):
+    with ``loss.csv`` it is the whole local record a resumed job and ``gbm mlflow-sync`` fill MLflow from.
+    """
+
+    COLUMNS = ("step", "loss")
+    STEP_COLUMNS = ("step", "learning_rate", "images_per_s")
 
     def __init__(self, path: Path):
-        self.path, self.pending, self.recent = path, [], []
+        self.path, self.steps_path, self.pending, self.recent = path, path.with_name(STEP_LOG_NAME), [], []
 
     def start(self, keep_until: int) -> None:
-        """Keep the rows of steps ``<= keep_until`` (those a checkpoint covers); start the file if absent."""
-        rows = []
-        if keep_until > 0 and self.path.is_file():
-            with open(self.path) as handle:
-                rows = [r for r in csv.DictReader(handle) if int(r["step"]) <= keep_until]
-        text = io.StringIO()
-        text.write("step,loss\n")
-        for r in rows:
-            text.write(f"{r['step']},{r['loss']}\n")
-        write_text_atomic(self.path, text.getvalue())
+        """Keep the rows of steps ``<= keep_until`` (those a checkpoint covers); start the files if absent."""
+        rows = _restart_csv(self.path, self.COLUMNS, keep_until)
+        _restart_csv(self.steps_path, self.STEP_COLUMNS, keep_until)
         self.recent = [float(r["loss"]) for r in rows[-100:]]
 
     def add(self, step: int, loss: torch.Tensor) -> None:
         self.pending.append((step, loss.detach()))
 
-    def flush(self) -> list[tuple[int, float]]:
-        """Write pending rows and return them; raise ``TrainingDiverged`` at the first non-finite loss."""
+    def flush(self, learning_rate: Callable[[int], float], throughput: Callable[[int], float]) -> tuple[list, float]:
+        """Write pending rows; return them as ``(step, loss)`` with the throughput ``throughput(rows)`` measured
+        once their losses reached the host. Raise ``TrainingDiverged`` at the first non-finite loss."""
         if not self.pending:
-            return []
+            return [], 0.0
         steps = [s for s, _ in self.pending]
         values = torch.stack([v for _, v in self.pending]).float().cpu().tolist()
+        images_per_s = throughput(len(steps))
         self.pending = []
+        with open(self.steps_path, "a") as handle:
+            handle.write("".join(f"{step},{learning_rate(step)!r},{images_per_s!r}\n" for step in steps))
         with open(self.path, "a") as handle:
             for step, value in zip(steps, values):
                 handle.write(f"{step},{value!r}\n")
@@ -232,7 +268,7 @@ class _LossLog:
                         "weights. Lower train.lr, raise train.warmup or set train.grad_clip"
                     )
         self.recent = (self.recent + values)[-100:]
-        return list(zip(steps, values))
+        return list(zip(steps, values)), images_per_s
 
 
 def _rng_state(device: torch.device) -> dict:
@@ -268,9 +304,10 @@ def train(config: Config, run_dir: str | Path, device: str | torch.device = "aut
           setup: TrainingSetup | None = None, observer: Callable | None = None) -> dict:
     """Train in ``run_dir``, resuming from its latest checkpoint; returns the training metrics.
 
-    ``observer(step, loss, learning_rate, images_per_s)``, when given, is called for every step as its
-    loss is written to ``loss.csv`` (every ``train.log_every`` steps), with the throughput since the
-    previous write; it must return quickly (``gbm.pipeline.live_tracking`` only queues).
+    ``observer(step, loss, learning_rate, images_per_s)``, when given, is called for every step once its
+    loss is written to ``loss.csv`` and its learning rate and throughput since the previous write to
+    ``train_log.csv`` (every ``train.log_every`` steps): whatever the observer was given is on disk first,
+    so a killed job loses no metric point. It must return quickly (``gbm.pipeline.live_tracking`` only queues).
     """
     setup = setup or prepare(config, device)
     device, tc = setup.device, config.train
@@ -300,6 +337,8 @@ def train(config: Config, run_dir: str | Path, device: str | torch.device = "aut
         wall_before = state["wall_time_s"]
 
     run.root.mkdir(parents=True, exist_ok=True)
+    for stray in [*run.root.glob(".tmp-*"), *run.checkpoints.glob(".tmp-*")]:
+        stray.unlink(missing_ok=True)  # a killed job's unfinished atomic writes (gbm.data.atomic)
     write_text_atomic(run.config, yaml.safe_dump(config.to_dict(), sort_keys=False))
     environment = json.loads(run.environment.read_text()) if start and run.environment.is_file() else {}
     sessions = environment.get("sessions", []) + [environment_record(device) | {"resumed_from_step": start}]
@@ -330,6 +369,14 @@ def train(config: Config, run_dir: str | Path, device: str | torch.device = "aut
     bar = tqdm(total=tc.steps, initial=start, desc=f"train {config.sde.name}", unit="step", file=sys.stderr,
                disable=not progress, mininterval=1.0, dynamic_ncols=True)
     window_began = began
+
+    def throughput(rows: int) -> float:
+        """Images per second since the previous flush."""
+        nonlocal window_began
+        now = time.perf_counter()
+        rate, window_began = rows * tc.batch_size / (now - window_began), now
+        return rate
+
     for step in range(start + 1, tc.steps + 1):
         if tc.warmup:
             for group in optimizer.param_groups:
@@ -346,12 +393,9 @@ def train(config: Config, run_dir: str | Path, device: str | torch.device = "aut
         bar.update(1)
         checkpoint_now = step % tc.checkpoint_every == 0 or step == tc.steps
         if checkpoint_now or step % tc.log_every == 0:
-            rows = log.flush()
+            rows, rate = log.flush(lambda s: learning_rate(tc, s), throughput)
             bar.set_postfix(loss=f"{rows[-1][1]:.4g}", refresh=False)
             if observer is not None:
-                now = time.perf_counter()
-                rate = len(rows) * tc.batch_size / (now - window_began)
-                window_began = now
                 for row_step, value in rows:
                     observer(row_step, value, learning_rate(tc, row_step), rate)
         if checkpoint_now:

@@ -122,7 +122,7 @@ def test_artifacts_stay_readable_after_moving_results_to_another_folder(tmp_path
 def test_sync_is_idempotent_and_follows_changed_and_vanished_files(tmp_path):
     results = fake_results(tmp_path, seeds=(0, 1))
     assert sync(results)["created"] == 8
-    assert sync(results) == {"created": 0, "adopted": 0, "unchanged": 8, "deleted": 0, "failed": []}
+    assert sync(results) == {"created": 0, "adopted": 0, "unchanged": 8, "deleted": 0, "repaired": [], "failed": []}
     metrics = results / "mnist" / "vp" / "seed1" / "em" / "steps10" / "metrics.json"
     metrics.write_text(json.dumps({"fid": 99.0, "kid_mean": 0.01, "kid_std": 0.0}))
     for path in (results / "mnist" / "gbm" / "seed1").rglob("*"):

@@ -10,8 +10,11 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "mlflow-sync", help="mirror training runs and evaluations under results/ into MLflow",
         description="Mirror training runs and their evaluated samplers under RESULTS into one MLflow experiment. "
-                    "Unchanged records are skipped, changed ones replaced; with no --run, runs whose files are "
-                    "gone are deleted. MLflow errors are reported, never fatal (exit 0) unless --strict.",
+                    "Unchanged records are skipped, changed ones replaced, incomplete ones (a sync or job killed "
+                    "half-way) completed; stored artifacts that are missing or differ from their files are written "
+                    "again and stray files in a run's artifact folder removed, each listed under \"repaired\". "
+                    "With no --run, runs whose files are gone are deleted. MLflow errors are reported, never "
+                    "fatal (exit 0) unless --strict.",
     )
     parser.add_argument("results", nargs="?", default="results", help="results directory (default: results)")
     parser.add_argument("--experiment", required=True, help="MLflow experiment (the benchmark config's name)")

@@ -4,13 +4,14 @@
 appends to a queue; a background thread writes batches (``log_batch``) every ``interval`` seconds under
 the store's writers' lock (``gbm.pipeline.tracking.uri_lock``), retrying while SQLite is busy. Nothing
 here can fail training: the first error is reported on stderr, logging stops, training goes on (and
-``gbm mlflow-sync`` later fills any gap from ``loss.csv``).
+``gbm mlflow-sync`` later fills any gap from ``loss.csv`` and ``train_log.csv``, which ``train`` writes
+before it hands a step here: a job killed before a batch reached the store loses no point).
 
 The run starts at the job's process start and ends when its last batch is written, with status
 FINISHED, FAILED or KILLED (interrupted). Its id is kept in ``RUN_DIR/mlflow_run.json``: a resumed job
-reopens the same run and skips the steps the store already holds (the resumed loop recomputes the
-steps after its checkpoint bitwise equal), so the curve has each step once. ``gbm mlflow-sync`` adopts
-the run through that file instead of creating a second one.
+reopens the same run and skips the (metric, step) points the store already holds (the resumed loop
+recomputes the steps after its checkpoint bitwise equal), so each curve has each step once.
+``gbm mlflow-sync`` adopts the run through that file instead of creating a second one.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from gbm.pipeline.tracking import LIVE_RUN_FILE, _flatten, _retry, open_experime
 
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 LOSS, LEARNING_RATE, THROUGHPUT = "train_loss", "learning_rate", "images_per_s"
+CURVES = (LOSS, LEARNING_RATE, THROUGHPUT)
 
 
 def process_start_time() -> float:
@@ -71,7 +73,7 @@ class TrainingTracker:
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.failed: str | None = None
         self.run_id: str | None = None
-        self.logged_until = 0  # steps <= this are in the store already (a resumed run)
+        self.logged: dict[str, set[int]] = {key: set() for key in CURVES}  # points in the store already (a resumed run)
         self._closing = threading.Event()
         self._status = FINISHED
         self._thread = threading.Thread(target=self._work, name="mlflow-tracker", daemon=True)
@@ -135,8 +137,8 @@ class TrainingTracker:
         if run is not None:
             self.run_id = run.info.run_id
             _retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
-            history = _retry(lambda: self.client.get_metric_history(self.run_id, LOSS))
-            self.logged_until = max((m.step for m in history), default=0)
+            for key in CURVES:
+                self.logged[key] = {m.step for m in _retry(lambda: self.client.get_metric_history(self.run_id, key))}
             self.sessions = previous.get("sessions", [])
             self.first_start = previous.get("started_at", self.started_at)
         else:
@@ -165,19 +167,16 @@ class TrainingTracker:
 
         metrics = []
         for step, loss, lr, rate, stamp in items:
-            if step <= self.logged_until:
-                continue
-            if math.isfinite(loss):
-                metrics.append(Metric(LOSS, loss, stamp, step))
-            metrics.append(Metric(LEARNING_RATE, lr, stamp, step))
-            if rate is not None:
-                metrics.append(Metric(THROUGHPUT, rate, stamp, step))
+            for key, value in ((LOSS, loss), (LEARNING_RATE, lr), (THROUGHPUT, rate)):
+                if value is not None and math.isfinite(value) and step not in self.logged[key]:
+                    metrics.append(Metric(key, value, stamp, step))
         if not metrics:
             return
         with uri_lock(self.uri, self.lock_timeout):
             for i in range(0, len(metrics), 1000):
                 _retry(lambda: self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000]))
-        self.logged_until = max(step for step, *_ in items)
+        for metric in metrics:
+            self.logged[metric.key].add(metric.step)
 
     def _end(self) -> None:
         from mlflow.entities import Metric

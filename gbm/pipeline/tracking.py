@@ -12,7 +12,17 @@ evaluated sampler is a child run (tags ``kind=evaluation``, ``sampler``, ``steps
 any intervals, NFE, wall times; ``metrics.json`` and a sample grid) spanning its sampling and scoring
 jobs. Every record carries ``gbm.key`` (which files it mirrors) and ``gbm.digest`` (their content hash):
 syncing again skips unchanged records and replaces changed ones, so ``sync`` is idempotent and rebuilds a
-lost store. The experiment is tagged as model training, holds the ``training`` and ``evaluations`` views
+lost store.
+
+A crash at any moment loses nothing: ``gbm.digest`` is the last thing written, after the params, every
+metric point, the artifacts and the run's end, so a run without it (a sync killed half-way) is completed
+(an adopted live run) or replaced (a created one) by the next sync. The curves (``train_loss``,
+``learning_rate``, ``images_per_s``) come from ``loss.csv`` and ``train_log.csv``, each (metric, step) point
+logged once. Each sync compares a run's stored artifacts with the SHA-256 of the files they mirror, writes
+those missing or different again and removes anything else in the run's artifact folder (a killed write's
+``.tmp-*`` file); the summary lists what it repaired.
+
+The experiment is tagged as model training, holds the ``training`` and ``evaluations`` views
 (``view_url``), and stores artifacts at a location relative to ``mlflow server --artifacts-destination``.
 
 Parallel jobs: writers take an exclusive ``fcntl`` lock next to the store and retry when SQLite reports
@@ -24,7 +34,9 @@ from __future__ import annotations
 import csv
 import fcntl
 import hashlib
+import io
 import json
+import math
 import os
 import re
 import subprocess
@@ -45,6 +57,12 @@ STORE_NAME = "mlflow.db"
 ARTIFACTS_NAME = "mlartifacts"
 MAX_CURVE_POINTS = 2000
 LIVE_RUN_FILE = "mlflow_run.json"  # in a run directory: the live run `gbm train` logged (gbm.pipeline.live_tracking)
+TRAIN_LOG_NAME = "train_log.csv"  # in a run directory: step,learning_rate,images_per_s (gbm.training.STEP_LOG_NAME)
+#: Each training curve: the run-directory file and column it is read from.
+CURVES = {"train_loss": ("loss.csv", "loss"), "learning_rate": (TRAIN_LOG_NAME, "learning_rate"),
+          "images_per_s": (TRAIN_LOG_NAME, "images_per_s")}
+KEY_TAG, DIGEST_TAG = "gbm.key", "gbm.digest"
+SAMPLE_GRID_NAME = "sample_grid.png"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens a custom_model_development experiment on
 MODEL_TRAINING_KIND = "custom_model_development"  # its training-runs table, not the GenAI overview
 ARTIFACTS_SCHEME = "mlflow-artifacts:/"  # resolved by `mlflow server --artifacts-destination`, not stored absolute
@@ -115,15 +133,41 @@ def open_experiment(client, uri: str, name: str) -> str:
     return experiment_id
 
 
-def log_artifact(client, uri: str, run, path: Path) -> None:
-    """Store ``path`` among ``run``'s artifacts: copied into ``mlartifacts/`` next to a SQLite store, else
-    through MLflow (a server, or a store whose experiment predates relocatable locations)."""
+def local_artifact_dir(uri: str, run) -> Path | None:
+    """The folder of ``run``'s artifacts in ``mlartifacts/`` next to a SQLite store, else None (kept by MLflow)."""
     store = sqlite_store(uri)
-    if store is not None and run.info.artifact_uri.startswith(ARTIFACTS_SCHEME):
-        target = store.parent / ARTIFACTS_NAME / run.info.artifact_uri.removeprefix(ARTIFACTS_SCHEME) / path.name
-        write_bytes_atomic(target, Path(path).read_bytes())
-    else:
-        client.log_artifact(run.info.run_id, str(path))
+    if store is None or not run.info.artifact_uri.startswith(ARTIFACTS_SCHEME):
+        return None
+    return store.parent / ARTIFACTS_NAME / run.info.artifact_uri.removeprefix(ARTIFACTS_SCHEME)
+
+
+def log_artifact(client, uri: str, run, name: str, data: bytes) -> None:
+    """Store ``data`` as ``run``'s artifact ``name``: written (atomically) into ``mlartifacts/`` next to a
+    SQLite store, else through MLflow (a server, or a store whose experiment predates relocatable locations)."""
+    folder = local_artifact_dir(uri, run)
+    if folder is not None:
+        write_bytes_atomic(folder / name, data)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / name).write_bytes(data)
+        client.log_artifact(run.info.run_id, str(Path(tmp) / name))
+
+
+def stored_artifacts(client, uri: str, run) -> dict[str, str]:
+    """SHA-256 of each file among ``run``'s stored artifacts, by name (temporary files included)."""
+    folder = local_artifact_dir(uri, run)
+    if folder is not None:
+        if not folder.is_dir():
+            return {}
+        return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in sorted(folder.rglob("*")) if p.is_file()}
+    found: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for entry in _retry(lambda: client.list_artifacts(run.info.run_id)):
+            if not entry.is_dir:
+                local = client.download_artifacts(run.info.run_id, entry.path, tmp)
+                found[entry.path] = hashlib.sha256(Path(local).read_bytes()).hexdigest()
+    return found
 
 
 @dataclass
@@ -135,8 +179,7 @@ class Record:
     tags: dict[str, str]
     params: dict[str, str] = field(default_factory=dict)
     metrics: dict[str, float] = field(default_factory=dict)
-    curve: list[tuple[int, float]] = field(default_factory=list)
-    curve_name: str = "train_loss"
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # metric -> [(step, value)]
     artifacts: list[Path] = field(default_factory=list)
     sources: list[Path] = field(default_factory=list)
     children: list["Record"] = field(default_factory=list)
@@ -159,11 +202,12 @@ class SyncSummary:
     adopted: int = 0
     unchanged: int = 0
     deleted: int = 0
+    repaired: list[str] = field(default_factory=list)  # "KEY: wrote NAME, ...; removed NAME, ..." per repaired run
     failed: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return {"created": self.created, "adopted": self.adopted, "unchanged": self.unchanged, "deleted": self.deleted,
-                "failed": self.failed}
+                "repaired": self.repaired, "failed": self.failed}
 
 
 def _flatten(prefix: str, value, out: dict) -> None:
@@ -197,13 +241,23 @@ def _git_revision(run_dir: Path) -> str:
         return "unknown"
 
 
-def _loss_curve(path: Path, max_points: int | None = MAX_CURVE_POINTS) -> list[tuple[int, float]]:
+def _csv_curve(path: Path, column: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of each finite value in a column of ``loss.csv`` or ``train_log.csv``."""
     if not path.is_file():
         return []
     with path.open() as f:
-        rows = [(int(float(r["step"])), float(r["loss"])) for r in csv.DictReader(f) if r.get("loss")]
-    stride = max(1, len(rows) // max_points) if max_points else 1
-    return rows[::stride]
+        rows = [(int(float(r["step"])), float(r[column])) for r in csv.DictReader(f) if r.get(column)]
+    return [(step, value) for step, value in rows if math.isfinite(value)]
+
+
+def training_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every training curve (``CURVES``) of a run directory, every step."""
+    return {name: _csv_curve(Path(run_dir) / file, column) for name, (file, column) in CURVES.items()}
+
+
+def thinned(points: list, max_points: int = MAX_CURVE_POINTS) -> list:
+    """Every ``len // max_points``-th point: a curve a sync creates (a live run has each step)."""
+    return points[::max(1, len(points) // max_points)]
 
 
 def _ms(seconds) -> int | None:
@@ -225,11 +279,12 @@ def training_record(seed_dir: Path, config_name: str) -> Record:
     flat: dict = {}
     _flatten("", _read_json(run_dir / "train_metrics.json"), flat)
     live = _read_json(run_dir / LIVE_RUN_FILE)
-    files = [run_dir / name for name in ("config.yaml", "environment.json", "train_metrics.json", "loss.csv")]
+    files = [run_dir / name for name in ("config.yaml", "environment.json", "train_metrics.json", "loss.csv",
+                                         TRAIN_LOG_NAME)]
     files.append(seed_dir.parents[2] / RESOLVED_CONFIG_NAME)  # the pipeline run's whole configuration
     record = Record(
         key=f"{dataset}/{method}/seed{seed}", name=f"{dataset}/{method}/seed{seed}", tags=tags, params=params,
-        metrics={f"train.{k}": v for k, v in _numeric(flat).items()}, curve=_loss_curve(run_dir / "loss.csv"),
+        metrics={f"train.{k}": v for k, v in _numeric(flat).items()}, curves=training_curves(run_dir),
         artifacts=[p for p in files if p.is_file()], sources=files, start_ms=_ms(live.get("started_at")),
         end_ms=_ms(live.get("ended_at")), linked_run=live.get("run_id"),
     )
@@ -329,12 +384,13 @@ def _retry(action, attempts: int = 8, first_wait: float = 0.25):
             time.sleep(first_wait * 2**attempt)
 
 
-def _sample_grid_png(samples_npz: Path, out: Path, count: int = 64) -> bool:
+def _sample_grid_png(samples_npz: Path, count: int = 64) -> bytes | None:
+    """A PNG grid of the first ``count`` images of ``samples.npz`` (None when the file is absent)."""
     import numpy as np
     from PIL import Image
 
     if not samples_npz.is_file():
-        return False
+        return None
     with np.load(samples_npz) as data:
         images = data["images"][:count]
     n, c, h, w = images.shape
@@ -344,8 +400,20 @@ def _sample_grid_png(samples_npz: Path, out: Path, count: int = 64) -> bool:
     for i, image in enumerate(images):
         r, q = divmod(i, cols)
         grid[:, r * h:(r + 1) * h, q * w:(q + 1) * w] = image
-    Image.fromarray(grid[0] if c == 1 else grid.transpose(1, 2, 0)).save(out)
-    return True
+    png = io.BytesIO()
+    Image.fromarray(grid[0] if c == 1 else grid.transpose(1, 2, 0)).save(png, format="png")
+    return png.getvalue()
+
+
+def artifact_payloads(record: Record) -> dict[str, bytes]:
+    """The artifacts ``record``'s run must hold, by name: its artifact files and, for an evaluation, the
+    sample grid drawn from ``samples.npz``."""
+    payloads = {path.name: path.read_bytes() for path in record.artifacts if path.is_file()}
+    grid = next((p for p in record.sources if p.name == "samples.npz"), None)
+    png = _sample_grid_png(grid) if grid is not None else None
+    if png is not None:
+        payloads[SAMPLE_GRID_NAME] = png
+    return payloads
 
 
 class Mirror:
@@ -398,64 +466,90 @@ class Mirror:
         for i in range(0, len(metrics), 1000):
             _retry(lambda: self.client.log_batch(run_id, metrics=metrics[i:i + 1000]))
 
-    def _artifacts(self, run, record: Record) -> None:
-        for path in record.artifacts:
-            log_artifact(self.client, self.uri, run, path)
-        grid = next((p for p in record.sources if p.name == "samples.npz"), None)
-        if grid is not None:
-            with tempfile.TemporaryDirectory() as tmp:
-                png = Path(tmp) / "sample_grid.png"
-                if _sample_grid_png(grid, png):
-                    log_artifact(self.client, self.uri, run, png)
+    def complete_artifacts(self, run, payloads: dict[str, bytes]) -> list[str]:
+        """Make ``run``'s stored artifacts exactly ``payloads``: write those missing or different (by SHA-256)
+        and remove any other file of its local artifact folder (e.g. a killed write's ``.tmp-*``). Returns
+        what it did, one phrase per file ("wrote NAME", "removed NAME")."""
+        stored = stored_artifacts(self.client, self.uri, run)
+        done = []
+        for name, data in payloads.items():
+            if stored.get(name) != hashlib.sha256(data).hexdigest():
+                log_artifact(self.client, self.uri, run, name, data)
+                done.append(f"wrote {name}")
+        folder = local_artifact_dir(self.uri, run)
+        for name in sorted(set(stored) - set(payloads)):
+            if folder is not None:
+                (folder / name).unlink(missing_ok=True)
+                done.append(f"removed {name}")
+        return done
 
-    def adopt(self, run, record: Record, tags: dict) -> None:
-        """Complete a live training run with what only the finished files hold; fill curve gaps from loss.csv."""
-        from mlflow.entities import Metric, RunTag
+    def _missing_points(self, run, record: Record, end: int) -> list:
+        """The curve points and scalar metrics of ``record`` that ``run`` does not hold yet."""
+        from mlflow.entities import Metric
+
+        run_id = run.info.run_id
+        metrics = [Metric(k, v, end, 0) for k, v in record.metrics.items() if run.data.metrics.get(k) != v]
+        for name, points in record.curves.items():
+            if not points:
+                continue
+            logged = {m.step for m in _retry(lambda: self.client.get_metric_history(run_id, name))}
+            metrics += [Metric(name, v, end, s) for s, v in points if s not in logged]
+        return metrics
+
+    def adopt(self, run, record: Record, tags: dict, payloads: dict[str, bytes]) -> None:
+        """Complete a live training run with what only the finished files hold: params, the metric points its
+        job did not log (from ``loss.csv`` and ``train_log.csv``), the artifacts and its end."""
+        from mlflow.entities import RunTag
 
         run_id, end = run.info.run_id, record.end_ms or int(time.time() * 1000)
         _retry(lambda: self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
-        logged = {m.step for m in _retry(lambda: self.client.get_metric_history(run_id, record.curve_name))}
-        loss_csv = next((p for p in record.sources if p.name == "loss.csv"), None)
-        missing = [(s, v) for s, v in _loss_curve(loss_csv, max_points=None) if s not in logged] if loss_csv else []
-        metrics = [Metric(k, v, end, 0) for k, v in record.metrics.items()]
-        metrics += [Metric(record.curve_name, v, end, s) for s, v in missing]
-        self._log(run_id, {k: v for k, v in record.params.items() if k not in run.data.params}, metrics)
-        self._artifacts(run, record)
+        self._log(run_id, {k: v for k, v in record.params.items() if k not in run.data.params},
+                  self._missing_points(run, record, end))
+        self.complete_artifacts(run, payloads)
         if run.info.status == "RUNNING":  # its job ended without closing it, yet its files are complete
             _retry(lambda: self.client.set_terminated(run_id, "FINISHED", end_time=end))
 
     def write(self, record: Record, existing: dict, summary: SyncSummary, parent_id: str | None = None) -> str:
+        """Mirror ``record`` (and its children); its ``gbm.digest`` tag is written last, once all else is stored."""
         from mlflow.entities import Metric
 
         digest = record.digest(salt=parent_id or "")
+        payloads = artifact_payloads(record)
         old = existing.get(record.key, [])
         live = self.live_run(record)
-        keep = [live] if live is not None else [r for r in old if r.data.tags.get("gbm.digest") == digest][:1]
+        keep = [live] if live is not None else [r for r in old if r.data.tags.get(DIGEST_TAG) == digest][:1]
         for run in old:
             if not keep or run.info.run_id != keep[0].info.run_id:
                 _retry(lambda: self.client.delete_run(run.info.run_id))
                 summary.deleted += 1
-        tags = dict(record.tags, **{"gbm.key": record.key, "gbm.digest": digest})
+        tags = dict(record.tags, **{KEY_TAG: record.key})
         if parent_id:
             tags["mlflow.parentRunId"] = parent_id
-        if keep and keep[0].data.tags.get("gbm.digest") == digest:
-            summary.unchanged += 1
+        if keep and keep[0].data.tags.get(DIGEST_TAG) == digest:
             run_id = keep[0].info.run_id
-        elif live is not None:
-            self.adopt(live, record, tags)
-            summary.adopted += 1
-            run_id = live.info.run_id
+            repairs = self.complete_artifacts(keep[0], payloads)
+            if repairs:
+                summary.repaired.append(f"{record.key}: {', '.join(repairs)}")
+            else:
+                summary.unchanged += 1
         else:
-            now = int(time.time() * 1000)
-            run = _retry(lambda: self.client.create_run(self.experiment_id, start_time=record.start_ms or now,
-                                                        run_name=record.name, tags=tags))
-            run_id, end = run.info.run_id, record.end_ms or now
-            metrics = [Metric(k, v, end, 0) for k, v in record.metrics.items()]
-            metrics += [Metric(record.curve_name, loss, end, step) for step, loss in record.curve]
-            self._log(run_id, record.params, metrics)
-            self._artifacts(run, record)
-            _retry(lambda: self.client.set_terminated(run_id, "FINISHED", end_time=end))
-            summary.created += 1
+            if live is not None:
+                self.adopt(live, record, tags, payloads)
+                summary.adopted += 1
+                run_id = live.info.run_id
+            else:
+                now = int(time.time() * 1000)
+                run = _retry(lambda: self.client.create_run(self.experiment_id, start_time=record.start_ms or now,
+                                                            run_name=record.name, tags=tags))
+                run_id, end = run.info.run_id, record.end_ms or now
+                metrics = [Metric(k, v, end, 0) for k, v in record.metrics.items()]
+                metrics += [Metric(name, value, end, step) for name, points in record.curves.items()
+                            for step, value in thinned(points)]
+                self._log(run_id, record.params, metrics)
+                self.complete_artifacts(run, payloads)
+                _retry(lambda: self.client.set_terminated(run_id, "FINISHED", end_time=end))
+                summary.created += 1
+            _retry(lambda: self.client.set_tag(run_id, DIGEST_TAG, digest))  # the record is complete
         for child in record.children:
             self.write(child, existing, summary, parent_id=run_id)
         return run_id
@@ -478,7 +572,7 @@ def sync(results_dir: str | Path, experiment: str, seed_dirs: list[Path] | None 
             records = [training_record(p, experiment) for p in seed_dirs]
             existing: dict[str, list] = {}
             for run in mirror.active_runs():
-                existing.setdefault(run.data.tags.get("gbm.key", ""), []).append(run)
+                existing.setdefault(run.data.tags.get(KEY_TAG, ""), []).append(run)
             for record in records:
                 try:
                     mirror.write(record, existing, summary)

@@ -29,6 +29,8 @@ import sys
 from gbm.umask import current_umask
 
 SOCKET_ENV = "GBM_WARM_SOCKET"
+FOLDER_PREFIX = "gbm-warm-"  # gbm.pipeline.warm_launch makes TMPDIR/gbm-warm-XXXX/socket for each worker
+SOCKET_NAME = "socket"
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _HEADER = struct.Struct("!I")
 
@@ -145,3 +147,46 @@ def _wait_for_child(sock: socket.socket, pid: int) -> int:
         os.kill(os.getpid(), ended["signal"])
         return 128 + ended["signal"]  # not reached unless the signal is blocked
     return int(ended.get("exit", 1))
+
+
+def remove_abandoned_folders(parent: str | None = None, min_age_s: float = 10.0) -> list[str]:
+    """Remove this user's ``gbm-warm-*`` folders in ``parent`` (default: the temporary directory) whose worker
+    is gone, as a hard-killed run leaves them; returns their paths.
+
+    A folder is abandoned when nothing accepts connections on its socket (or it has none) and it has not
+    changed for ``min_age_s`` seconds (a worker being started has made its folder but not yet bound the
+    socket). A folder holding anything but the socket is left alone.
+    """
+    import stat
+    import tempfile
+    import time
+
+    parent = parent or tempfile.gettempdir()
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return removed
+    for name in names:
+        folder = os.path.join(parent, name)
+        try:
+            info = os.lstat(folder)
+            if (not name.startswith(FOLDER_PREFIX) or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid()
+                    or time.time() - info.st_mtime < min_age_s or not set(os.listdir(folder)) <= {SOCKET_NAME}):
+                continue
+            socket_path = os.path.join(folder, SOCKET_NAME)
+            if os.path.exists(socket_path):
+                probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    probe.connect(socket_path)
+                    continue  # a worker is serving it
+                except (ConnectionRefusedError, FileNotFoundError):
+                    pass
+                finally:
+                    probe.close()
+                os.unlink(socket_path)
+            os.rmdir(folder)
+            removed.append(folder)
+        except OSError:
+            continue  # another run removed or reused it meanwhile
+    return removed

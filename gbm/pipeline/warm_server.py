@@ -15,7 +15,9 @@ runs a parallel torch operation (threads set to 1 while preloading) and never to
 it is safe; each child is its own process group and gets only the signals its client forwards.
 
 The server ends on SIGTERM/SIGINT or when the process that started it (``--watch-pid``, Snakemake) is
-gone; it then terminates its children (SIGTERM, SIGKILL after a grace period) and removes its socket.
+gone; it then terminates its children (SIGTERM, SIGKILL after a grace period) and removes its socket and
+folder. A worker killed outright (SIGKILL, a power loss) cannot: the next worker to start removes the
+folders whose worker is gone (``gbm.pipeline.warm.remove_abandoned_folders``).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import threading
 import time
 import traceback
 
-from gbm.pipeline.warm import FORWARDED_SIGNALS, receive_message, send_message
+from gbm.pipeline.warm import FORWARDED_SIGNALS, receive_message, remove_abandoned_folders, send_message
 
 GRACE_SECONDS = 10.0
 # Modules a job would import; loaded once here. Failures are logged and skipped (the child imports them).
@@ -225,6 +227,8 @@ class WarmServer:
             self.listener.bind(self.path)
             os.chmod(self.path, 0o600)
             self.listener.listen(128)  # clients queue here while the preload runs
+        for folder in remove_abandoned_folders():
+            self.log(f"removed {folder}, left by a worker that is gone (a hard-killed run)")
         startup = preload(self.log, self._keep_going) if preload_modules else _Startup()
         if startup is None:
             self._shutdown()
