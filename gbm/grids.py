@@ -1,7 +1,6 @@
 """Time grids of the reverse-time samplers: named, shared by every sampler of every method.
 
-A grid is ``steps + 1`` times in float64, strictly decreasing from ``sde.T`` to the sampler's end time
-(default ``sde.end_time``). The grids:
+A grid is ``steps + 1`` times in float64, strictly decreasing from ``sde.T`` to an end time. The grids:
 
 - ``uniform-t``: equally spaced in t (score_sde's grid; the paper's);
 - ``sqrt-t``: equally spaced in sqrt(t), finer near the data (GBM's log-noise std is sigma sqrt(t), so this
@@ -10,6 +9,12 @@ A grid is ``steps + 1`` times in float64, strictly decreasing from ``sde.T`` to 
 - ``rho``: Karras et al. (2022)'s schedule in the SDE's noise scale ``s = sde.noise_scale(t)``,
   ``s_i = (s_max^(1/rho) + i/N (s_min^(1/rho) - s_max^(1/rho)))^rho`` with ``rho = 7``, mapped back to t
   by ``sde.time_of_noise_scale``.
+
+The end of sampling means one thing for every method and sampler (``sampling_levels``): the sampler's last
+network level is its end time ``end_time`` (default ``sde.end_time``), and from there one noise-free final
+update takes the state to t = 0 (GBM: the exact log-space Tweedie step; additive SDEs: the reverse-diffusion
+mean, as score_sde's last step; CLD: its denoising step). ``end_time = 0`` (GBM's default, where the score is
+undefined) names the grid that ends at 0: its last network level is the grid's last positive time.
 """
 
 from __future__ import annotations
@@ -79,6 +84,31 @@ def resolve_end_time(sde: SDE, end_time: float | None) -> float:
     if isinstance(end, bool) or not isinstance(end, (int, float)) or not 0 <= end < sde.T:
         raise ValueError(f"end_time: must be a number in [0, T = {sde.T}), got {end!r}")
     return float(end)
+
+
+#: The one meaning of the end of sampling, recorded with every sample set.
+END_OF_SAMPLING = ("the last network level is end_time (with end_time 0: the grid's last positive time); one "
+                   "noise-free final update goes from it to t = 0")
+
+
+def sampling_levels(sde: SDE, steps: int, grid: str = "uniform-t", end_time: float | None = None) -> torch.Tensor:
+    """The times a fixed-grid sampler visits: ``steps`` network levels, then 0 (``steps + 1`` values).
+
+    The last network level is ``end_time`` (default ``sde.end_time``) when it is positive: the named grid's
+    ``steps - 1`` intervals from ``T`` down to it (score_sde's ``linspace(T, eps, N)`` for ``uniform-t``); the
+    update from there is the sampler's final, noise-free one, to t = 0. With ``end_time = 0`` the levels are the
+    first ``steps`` times of the named grid from ``T`` to 0. A single level is ``T``."""
+    end = resolve_end_time(sde, end_time)
+    if end == 0:
+        return time_grid(sde, steps, grid, 0.0)
+    check_grid(grid)
+    levels = time_grid(sde, steps - 1, grid, end) if steps > 1 else torch.tensor([sde.T], dtype=torch.float64)
+    return torch.cat([levels, torch.zeros(1, dtype=torch.float64)])
+
+
+def last_network_level(sde: SDE, steps: int, grid: str = "uniform-t", end_time: float | None = None) -> float:
+    """The time of a fixed-grid sampler's last network call (``sampling_levels``), from which it steps to 0."""
+    return float(sampling_levels(sde, steps, grid, end_time)[-2])
 
 
 def time_grid(sde: SDE, steps: int, grid: str = "uniform-t", end_time: float | None = None) -> torch.Tensor:

@@ -3,7 +3,8 @@ predictor–corrector and the probability-flow ODE.
 
 A sampler is a function ``(sde, score_fn, x, *, steps, generator, **options) -> (x, stats)``; methods list
 the samplers they accept (``gbm.methods``), and ``gbm.sampling.sample`` runs one. Time runs from ``sde.T``
-down to the end time on a named grid (``gbm.grids``).
+down to the end time on a named grid, and one noise-free final update takes the state from the end time to
+t = 0 (``gbm.grids.sampling_levels``: the one meaning of a grid's end for every sampler).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from gbm.grids import resolve_end_time, time_grid
+from gbm.grids import resolve_end_time, sampling_levels, time_grid
 from gbm.ode import solve_per_sample
 from gbm.seeding import randn_like
 
@@ -33,7 +34,8 @@ def levels(steps: int, progress: bool, desc: str):
 
 
 def reverse_diffusion_step(sde, score_fn, x, t, dt, generator, last):
-    """One Euler–Maruyama step of the reverse SDE from ``t`` to ``t - dt``; the last returns the mean."""
+    """One Euler–Maruyama step of the reverse SDE from ``t`` to ``t - dt``; the last (to t = 0) returns the
+    mean."""
     tt = times_like(t, x)
     x_mean = x - sde.reverse_drift(x, tt, score_fn(x, tt)) * dt
     if last:
@@ -42,8 +44,9 @@ def reverse_diffusion_step(sde, score_fn, x, t, dt, generator, last):
 
 
 def euler_maruyama(sde, score_fn, x, *, steps, generator=None, grid="uniform-t", end_time=None, progress=False):
-    """Euler–Maruyama on the reverse-time SDE on the named time ``grid`` down to ``end_time`` (gbm.grids)."""
-    times = time_grid(sde, steps, grid, end_time).tolist()
+    """Euler–Maruyama on the reverse-time SDE: ``steps`` levels of the named time ``grid``, the last at
+    ``end_time``, and the final step from it to t = 0 returns the mean (gbm.grids.sampling_levels)."""
+    times = sampling_levels(sde, steps, grid, end_time).tolist()
     for k in levels(steps, progress, "em"):
         x = reverse_diffusion_step(sde, score_fn, x, times[k], times[k] - times[k + 1], generator, k == steps - 1)
     return x, {}
@@ -58,9 +61,10 @@ def predictor_corrector(sde, score_fn, x, *, steps, generator=None, snr=0.16, co
     """Predictor–corrector: Langevin corrector (signal-to-noise ``snr``) then a reverse-diffusion predictor.
 
     The Langevin step size uses each sample's own gradient and noise norms (score_sde uses batch means),
-    so an image does not depend on the rest of its batch. Levels on the named time ``grid`` (gbm.grids).
+    so an image does not depend on the rest of its batch. Levels on the named time ``grid``, the last at
+    ``end_time``; the last predictor step goes to t = 0 and returns the mean (gbm.grids.sampling_levels).
     """
-    times = time_grid(sde, steps, grid, end_time).tolist()
+    times = sampling_levels(sde, steps, grid, end_time).tolist()
     for k in levels(steps, progress, "pc"):
         t, dt = times[k], times[k] - times[k + 1]
         tt = times_like(t, x)
@@ -76,7 +80,9 @@ def predictor_corrector(sde, score_fn, x, *, steps, generator=None, snr=0.16, co
 
 def probability_flow(sde, score_fn, x, *, steps, generator=None, solver="rk45", rtol=1e-5, atol=1e-5, grid=None,
                      end_time=None, progress=False):
-    """Probability-flow ODE from ``T`` to the end time. Deterministic; ``generator`` unused.
+    """Probability-flow ODE from ``T`` to the end time, then the final noise-free reverse-diffusion step (the
+    mean) from the end time to t = 0, as every sampler ends (gbm.grids; score_sde's ``denoise``): one network
+    call more. Deterministic; ``generator`` unused.
 
     ``solver="rk45"``: adaptive Dormand–Prince with SciPy's controller and tolerances ``rtol``/``atol``, each
     image with its own step sizes (gbm.ode), so an image does not depend on its batch; ``steps`` and ``grid``
@@ -90,7 +96,7 @@ def probability_flow(sde, score_fn, x, *, steps, generator=None, solver="rk45", 
             x_pred = x + (t1 - t0) * d0
             d1 = sde.probability_flow_drift(x_pred, times_like(t1, x), score_fn(x_pred, times_like(t1, x)))
             x = x + (t1 - t0) * 0.5 * (d0 + d1)
-        return x, {"solver": "heun", "grid": grid or "uniform-t"}
+        return final_update(sde, score_fn, x, times[-1]), {"solver": "heun", "grid": grid or "uniform-t"}
     if solver != "rk45":
         raise ValueError(f"solver: unknown ODE solver {solver!r}; choose 'rk45' or 'heun'")
     if grid is not None:
@@ -106,16 +112,22 @@ def probability_flow(sde, score_fn, x, *, steps, generator=None, solver="rk45", 
     y, evaluations = solve_per_sample(rhs, x.reshape(shape[0], -1), sde.T, end, rtol, atol)
     stats = {"solver": "rk45", "rtol": rtol, "atol": atol, "error_control": "per image",
              "nfe_per_image_mean": evaluations.double().mean().item(), "nfe_per_image_max": int(evaluations.max())}
-    return y.to(dtype).reshape(shape), stats
+    return final_update(sde, score_fn, y.to(dtype).reshape(shape), end), stats
+
+
+def final_update(sde, score_fn, x, end: float) -> torch.Tensor:
+    """The noise-free reverse-diffusion step (its mean) from the end time ``end`` to t = 0."""
+    return reverse_diffusion_step(sde, score_fn, x, end, end, None, True) if end > 0 else x
 
 
 def check_generic_options(sde, sampler: str, steps: int, options: dict) -> None:
     """Refuse generic-sampler settings that cannot be stable: the predictor–corrector's Langevin step size is
     ``2 alpha (snr |z| / |s|)^2`` with ``alpha = sde.langevin_alpha(t, dt)``; where ``alpha <= 0`` (VP:
-    ``beta(t) dt >= 1``) the corrector's noise ``sqrt(2 step)`` is NaN from the first level on."""
+    ``beta(t) dt >= 1``) the corrector's noise ``sqrt(2 step)`` is NaN from the first level on. Checked on the
+    levels the sampler will visit: its ``grid`` and ``end_time`` options."""
     if sampler != "pc":
         return
-    times = time_grid(sde, steps).tolist()
+    times = sampling_levels(sde, steps, options.get("grid") or "uniform-t", options.get("end_time")).tolist()
     worst = min((sde.langevin_alpha(times[k], times[k] - times[k + 1]), times[k]) for k in range(steps))
     if worst[0] <= 0:
         raise ValueError(f"steps: {steps} is too few for the predictor-corrector sampler on the {sde.name!r} SDE: "

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gbm.grids import check_grid, resolve_end_time
+from gbm.grids import END_OF_SAMPLING, check_grid, last_network_level, resolve_end_time
 from gbm.methods import method_of, registered
 from gbm.samplers import SamplerFn, ScoreFn
 from gbm.sde import SDE
@@ -103,12 +103,16 @@ def validate_request(sde: SDE, method: str, steps: int, options: dict) -> Sample
     return fn
 
 
-def time_discretisation(sde: SDE, fn: SamplerFn, options: dict) -> dict:
-    """The grid and end time a sampler runs with under ``options``: the named grid (its own default when
-    not given; ``adaptive`` for a sampler without a fixed grid, the RK45 ODE) and the resolved end time."""
+def time_discretisation(sde: SDE, fn: SamplerFn, steps: int, options: dict) -> dict:
+    """How a sampler's time runs under ``options``, for ``samples.json``: the named grid (its own default when
+    not given; ``adaptive`` for a sampler without a fixed grid, the RK45 ODE), the resolved end time, the time
+    of the last network call and the time the state ends at (always 0, gbm.grids.sampling_levels)."""
     parameters = inspect.signature(fn).parameters
-    grid = options.get("grid") or (parameters["grid"].default if "grid" in parameters else "adaptive")
-    return {"grid": grid, "end_time": resolve_end_time(sde, options.get("end_time"))}
+    grid = options.get("grid") or (parameters["grid"].default if "grid" in parameters else None) or "adaptive"
+    end = resolve_end_time(sde, options.get("end_time"))
+    last = last_network_level(sde, steps, grid, end) if end == 0 and grid != "adaptive" else end
+    return {"grid": grid, "end_time": end, "last_network_level": last,
+            "state_ends_at": 0.0, "end_of_sampling": END_OF_SAMPLING}
 
 
 def sample(

@@ -88,6 +88,12 @@ def test_sample_records_the_time_grid_it_ran_on(tmp_path, config_file):
                  "--option", "grid=sqrt-t", "--option", "end_time=1e-3", "--device", "cpu", "--no-progress"]) == 0
     meta = json.loads(out.with_suffix(".json").read_text())
     assert (meta["grid"], meta["end_time"]) == ("sqrt-t", 1e-3)
+    assert (meta["last_network_level"], meta["state_ends_at"]) == (1e-3, 0.0)
+    assert main(["sample", str(run), "--sampler", "dale-langevin", "--steps", "4", "--n", "2", "--out", str(out),
+                 "--device", "cpu", "--no-progress"]) == 0
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert (meta["grid"], meta["end_time"], meta["last_network_level"], meta["state_ends_at"]) == (
+        "uniform-t", 0.0, 0.25, 0.0)  # end_time 0: the uniform grid's last positive time T/steps
 
 
 @pytest.mark.parametrize("sde, sampler", [("vp", "em"), ("cld", "sscs")])

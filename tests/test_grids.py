@@ -209,3 +209,48 @@ def test_figure_intervals_are_the_tables_seed_mean_intervals(tmp_path):
     assert stats["high"] - stats["low"] > 0
     without_replicates = seed_mean_with_interval(runs.drop(columns="path"), "fid").iloc[0]
     assert (without_replicates["low"], without_replicates["high"]) == pytest.approx((155 - 50**0.5, 155 + 50**0.5))
+
+
+# --- the end of a grid: last network level at end_time, then the final update to t = 0 ----------------
+
+
+def near_point_masses() -> LogNormalMixture:
+    """Two log-normal modes of log-std 1e-3 (a pixel that is nearly constant in the data, like MNIST's
+    background): any multiplicative noise left at the end shows as within-mode spread."""
+    means = torch.tensor([[-0.3], [0.3]], dtype=F64)
+    return LogNormalMixture(GaussianMixture(torch.tensor([0.4, 0.6], dtype=F64), means, torch.tensor([1e-3, 1e-3], dtype=F64)))
+
+
+def within_mode_log_std_error(method: str, steps: int, grid: str, end_time: float | None) -> float:
+    """Largest |std of log x within a mode - 1e-3| of an exact-score GBM sampler's output."""
+    mixture, sde = near_point_masses(), GBM()
+    g = torch.Generator().manual_seed(0)
+    x_T, _ = mixture.diffused(sde, sde.T).sample(4000, g)
+    x = sample(sde, mixture.hyvarinen_score(sde), x_T, method=method, steps=steps, generator=g, grid=grid,
+               end_time=end_time).x
+    y = x.abs().log().squeeze(1)
+    return max(abs(y[(y > 0) == positive].std().item() - 1e-3) for positive in (False, True))
+
+
+@pytest.mark.parametrize("method", ["dale-langevin", "sign-agnostic"])
+def test_exact_score_gbm_sampler_on_the_sqrt_t_grid_ends_at_zero_without_residual_noise(method):
+    # Stopping the state at end_time = 1e-3 would leave log-std sigma sqrt(1e-3) = 0.025 of noise at every
+    # step count; the last network level at 1e-3 and the final update to 0 leave none, as on the uniform grid.
+    errors = [within_mode_log_std_error(method, steps, "sqrt-t", 1e-3) for steps in (8, 64)]
+    uniform = within_mode_log_std_error(method, 256, "uniform-t", None)
+    assert errors[1] < 0.003 and errors[0] > 3 * errors[1] and uniform < 0.003, (errors, uniform)
+
+
+@pytest.mark.parametrize("sde", [GBM(), VPSDE(), VESDE()], ids=["gbm", "vp", "ve"])
+@pytest.mark.parametrize("grid", ["uniform-t", "sqrt-t"])
+def test_sampling_levels_end_with_a_network_level_at_end_time_then_zero(sde, grid):
+    from gbm.grids import sampling_levels
+
+    for steps in (1, 2, 20):
+        levels = sampling_levels(sde, steps, grid, 1e-3)
+        assert levels.shape == (steps + 1,) and levels[0].item() == sde.T and levels[-1].item() == 0.0
+        assert (levels[1:] < levels[:-1]).all()
+        if steps > 1:
+            assert levels[-2].item() == 1e-3
+    if sde.name == "gbm":  # end_time 0: the grid's own levels down to 0, its last positive time the last level
+        assert torch.equal(sampling_levels(sde, 20, grid, 0.0), time_grid(sde, 20, grid, 0.0))

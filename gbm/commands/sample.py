@@ -200,7 +200,7 @@ def run(args) -> int:
         "nfe": nfes[0] if len(set(nfes)) == 1 else float(np.mean(nfes)),
         "nfe_per_batch": nfes,
         "options": options,
-        **time_discretisation(sde, sampler_fn, options),
+        **time_discretisation(sde, sampler_fn, args.steps, options),
         "prior": prior_name,
         "prior_options": start_options,
         "guidance": guidance,

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-from gbm.grids import time_grid
+from gbm.grids import last_network_level, sampling_levels
 from gbm.losses import ScoreFn, pixel_sum_batch_mean
 from gbm.methods.base import Method
 from gbm.methods.gbm_loss_weights import WEIGHTINGS, check_weighting, paper_weight
@@ -195,8 +195,9 @@ def check_sampler_options(sde: GBM, sampler: str, steps: int, options: dict) -> 
     """
     delta, gamma = options.get("delta"), options.get("gamma", 1.0)
     grid = options.get("grid", "uniform-t")
-    spacing = time_grid(sde, steps, grid, options.get("end_time"))[-2].item()  # smallest level an update runs at
-    spacing_name = "level spacing T/steps" if grid in ("uniform-t", "uniform") else f"smallest level of the {grid} grid"
+    spacing = last_network_level(sde, steps, grid, options.get("end_time"))  # smallest level an update runs at
+    uniform_to_zero = grid in ("uniform-t", "uniform") and not options.get("end_time")
+    spacing_name = "level spacing T/steps" if uniform_to_zero else f"smallest level of the {grid} grid"
     if delta is not None:
         if not _is_real(delta) or not delta > 0 or not math.isfinite(delta):
             raise ValueError(f"delta: must be a positive number, got {delta!r}")
@@ -226,14 +227,17 @@ def _is_real(value) -> bool:
 
 def _gbm_sampler(update, sde: GBM, score_fn, x, steps, generator, delta, inner_steps, gamma, noise_scale,
                  final_denoise_steps, grid, end_time, progress):
-    """Levels ``t_k`` of the named time ``grid`` (gbm.grids) from ``T`` down to ``end_time``; at each,
+    """``steps`` levels ``t_k`` of the named time ``grid`` from ``T``, the last at ``end_time`` (or the grid's
+    last positive time when ``end_time`` is 0), then t = 0 (gbm.grids.sampling_levels); at each level
     ``inner_steps`` updates, then ``a <- a * gamma``.
 
     With the defaults (``delta=None`` -> ``t_k - t_{k+1}``, one inner step, ``gamma=1``) this is the exact
-    Euler–Maruyama discretisation of the reverse SDE on the grid. The final update adds no noise. Options are
-    checked by ``check_sampler_options`` (through ``gbm.sampling.sample``).
+    Euler–Maruyama discretisation of the reverse SDE on the grid, and its final update, from the last level
+    ``t`` to 0 without noise, is for Dale–Langevin the exact log-space Tweedie step
+    ``log x <- log x + sigma^2 t (h + 1) - (mu - sigma^2/2) t`` (SPEC §3). Options are checked by
+    ``check_sampler_options`` (through ``gbm.sampling.sample``).
     """
-    times = time_grid(sde, steps, grid, end_time).tolist()
+    times = sampling_levels(sde, steps, grid, end_time).tolist()
     a = noise_scale
     updates = [(times[k], delta or times[k] - times[k + 1], a * gamma**k)
                for k in range(steps) for _ in range(inner_steps)]
