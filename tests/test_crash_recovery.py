@@ -464,3 +464,25 @@ def test_a_starting_worker_removes_the_folders_of_hard_killed_workers_and_keeps_
         for process in (live, new):
             process.terminate()
             process.wait(timeout=30)
+
+
+def test_a_write_removes_the_temporary_files_a_killed_writer_of_the_same_file_left(tmp_path):
+    from gbm.data.atomic import write_text_atomic
+
+    target = tmp_path / "config.yaml"
+    killed = subprocess.run([sys.executable, "-c", (
+        "import os, signal, sys\n"
+        "from gbm.data.atomic import atomic_path\n"
+        "with atomic_path(sys.argv[1]) as tmp:\n"
+        "    tmp.write_text('half')\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"), str(target)])
+    assert killed.returncode == -9
+    (left,) = tmp_path.glob(".tmp-config-*.yaml")
+    alive = tmp_path / left.name.replace(f"-{left.name.split('-')[-2]}-", f"-{os.getpid()}-")  # a live writer's
+    alive.write_text("being written")
+    other = tmp_path / ".tmp-config.v2-host-1-abcdefgh.yaml"  # another file's
+    other.write_text("not ours")
+
+    write_text_atomic(target, "seed: 0\n")
+    assert target.read_text() == "seed: 0\n"
+    assert sorted(p.name for p in tmp_path.glob(".tmp-*")) == sorted([alive.name, other.name])
