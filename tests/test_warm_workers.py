@@ -83,7 +83,7 @@ def _train_sample_score(folder: Path, socket_path, threads: str) -> Path:
         ["sample", str(out / "run"), "--sampler", "dale-langevin", "--steps", "4", "--n", "12", "--batch-size", "6",
          "--device", "cpu", "--no-progress", "--out", str(out / "samples.npz")],
         ["score", "--real", str(folder / "data.npz"), "--real-split", "test", "--fake", str(out / "samples.npz"),
-         "--n", "12", "--bootstrap-draws", "50", "--out", str(out / "metrics.json")],
+         "--n", "12", "--interval-draws", "50", "--out", str(out / "metrics.json")],
     ]
     for args in steps:
         result = gbm(args, cwd=folder, socket_path=socket_path, threads=threads)

@@ -54,8 +54,7 @@ def _comparisons(args) -> int:
         raise ValueError(f"--baseline: expected METHOD/SAMPLER (e.g. vp/em), got {args.baseline!r}")
     if not 0 < args.level < 1:
         raise ValueError(f"--level: must lie strictly between 0 and 1, got {args.level}")
-    table = comparisons_table(pd.read_csv(args.metrics), {"method": method, "sampler": sampler}, level=args.level,
-                              draws=args.draws, seed=args.seed)
+    table = comparisons_table(pd.read_csv(args.metrics), {"method": method, "sampler": sampler}, level=args.level)
     written = write_comparisons(table, Path(args.out_dir), args.name)
     comparison_figure(table, Path(args.figure))
     print("\n".join(str(p) for p in [*written, args.figure]))
@@ -195,8 +194,6 @@ def add_parser(subparsers) -> None:
     p.add_argument("--metrics", required=True, help="the aggregated CSV (its paths lead to each metrics.json)")
     p.add_argument("--baseline", default="vp/em", help="METHOD/SAMPLER compared against (config 'comparisons')")
     p.add_argument("--level", type=float, default=0.95)
-    p.add_argument("--draws", type=int, default=2000, help="two-stage bootstrap draws")
-    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--name", required=True, help="benchmark name for the caption")
     p.add_argument("--out-dir", required=True, help="comparisons.{csv,md,tex} go here")
     p.add_argument("--figure", required=True, help="comparisons .png (a .pdf beside it)")

@@ -15,9 +15,10 @@ def add_metric_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cleanfid-mode", choices=CLEANFID_MODES, default="clean")
     parser.add_argument("--kid-subsets", type=int, default=100)
     parser.add_argument("--kid-subset-size", type=int, default=1000, help="shrinks to the smaller set when needed")
-    parser.add_argument("--bootstrap-draws", type=int, default=1000,
-                        help="bootstrap resamples of the generated features for fid_ci/kid_ci (0: no intervals, no fid_inf)")
-    parser.add_argument("--bootstrap-level", type=float, default=0.95, help="confidence level of fid_ci/kid_ci")
+    parser.add_argument("--interval-draws", type=int, default=100,
+                        help="random halves of the generated features whose spread gives fid_ci/kid_ci "
+                             "(0: no intervals, no fid_inf)")
+    parser.add_argument("--interval-level", type=float, default=0.95, help="confidence level of fid_ci/kid_ci")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-cache", action="store_true", help="do not use or write cached reference features")
     parser.add_argument("--no-sid", action="store_true", help="skip the signed inception distance (gbm.metrics.sid)")
@@ -42,9 +43,14 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
+#: Per-draw values kept in the JSON file but left out of the terminal summary.
+DRAW_LISTS = ("half_samples",)
+
+
 def emit(result: dict, out: str | None) -> None:
+    """Write the whole result to ``out`` and print it without the per-draw values (a summary)."""
     text = json.dumps(result, indent=2, sort_keys=True)
-    print(text)
+    print(json.dumps({k: v for k, v in result.items() if k not in DRAW_LISTS}, indent=2, sort_keys=True))
     if out:
         write_bytes_atomic(out, (text + "\n").encode())
 
@@ -52,7 +58,7 @@ def emit(result: dict, out: str | None) -> None:
 def metric_options(args: argparse.Namespace) -> dict:
     return dict(library=args.library, cleanfid_mode=args.cleanfid_mode, kid_subsets=args.kid_subsets,
                 kid_subset_size=args.kid_subset_size, device=args.device, cache=not args.no_cache,
-                sid=not args.no_sid, bootstrap_draws=args.bootstrap_draws, bootstrap_level=args.bootstrap_level)
+                sid=not args.no_sid, interval_draws=args.interval_draws, interval_level=args.interval_level)
 
 
 def sample_provenance(fake: str) -> dict | None:

@@ -10,9 +10,10 @@
   random subsets (seeded), by torch-fidelity's ``kid_features_to_metric`` (clean-fid reports no std).
   Subset size: ``min(kid_subset_size, n_real, n_fake)`` — the requested size (default 1000, the common
   choice) shrinks to the smaller set when fewer images exist, because a subset cannot exceed its set.
-- Uncertainty (``gbm.metrics.uncertainty``): basic-bootstrap intervals ``fid_ci``/``kid_ci`` over the
-  generated samples (reference fixed) and the N-debiased ``fid_inf`` (Chong & Forsyth 2020), from the same
-  features; ``bootstrap_draws=0`` turns them off.
+- Uncertainty (``gbm.metrics.uncertainty``): intervals ``fid_ci``/``kid_ci`` centred on the printed FID and
+  KID, from their spread over random halves of the generated samples (reference fixed), and the N-debiased
+  ``fid_inf`` (Chong & Forsyth 2020) where N allows it (N >= 2 x 2048; null with the reason below that), from
+  the same features; ``interval_draws=0`` turns them off.
 - Precision/recall: k-NN manifolds (Kynkäänniemi et al. 2019, k = ``prc_neighbourhood``, default 3), by
   torch-fidelity's ``prc_features_to_metric``; reported as null when a set has at most k images.
 """
@@ -33,10 +34,12 @@ from gbm.metrics.reference import reference_features
 from gbm.metrics.uncertainty import (
     DEFAULT_DRAWS,
     DEFAULT_LEVEL,
-    bootstrap,
-    check_bootstrap_options,
+    check_interval_options,
+    fid_inf_applies,
     fid_infinity,
     frechet_distance,
+    half_sample_intervals,
+    normal_interval,
 )
 
 
@@ -49,10 +52,10 @@ def metrics_from_features(
     kid_subset_size: int = 1000,
     prc_neighbourhood: int = 3,
     seed: int = 0,
-    bootstrap_draws: int = DEFAULT_DRAWS,
-    bootstrap_level: float = DEFAULT_LEVEL,
+    interval_draws: int = DEFAULT_DRAWS,
+    interval_level: float = DEFAULT_LEVEL,
 ) -> dict:
-    """FID, KID mean/std, precision, recall, their bootstrap intervals and FID_inf from two feature arrays (N x 2048)."""
+    """FID, KID mean/std, precision, recall, their intervals and FID_inf from two feature arrays (N x 2048)."""
     from torch_fidelity.metric_kid import kid_features_to_metric
     from torch_fidelity.metric_prc import prc_features_to_metric
 
@@ -104,12 +107,22 @@ def metrics_from_features(
                                  "implementation": f"torch-fidelity {version('torch_fidelity')}"},
         },
     }
-    if bootstrap_draws:
-        intervals = bootstrap(real, fake, draws=bootstrap_draws, level=bootstrap_level, seed=seed)
-        result["protocol"]["bootstrap"] = intervals.pop("protocol")
-        debiased = fid_infinity(real, fake, seed=seed)
-        result["protocol"]["fid_inf"] = debiased.pop("protocol")
-        result.update(intervals, **debiased)
+    if interval_draws:
+        intervals = half_sample_intervals(real, fake, draws=interval_draws, level=interval_level, seed=seed)
+        # centred on the KID printed (torch-fidelity's subset mean; the whole-set value when N <= subset size)
+        intervals["kid_ci"] = normal_interval(result["kid_mean"], intervals["kid_se"], interval_level)
+        intervals["protocol"]["kid_centre"] = result["kid_mean"]
+        result["protocol"]["intervals"] = intervals.pop("protocol")
+        result.update(intervals)
+        n, dim = min(len(real), len(fake)), real.shape[1]
+        if fid_inf_applies(n, dim):
+            debiased = fid_infinity(real, fake, seed=seed)
+            result["protocol"]["fid_inf"] = debiased.pop("protocol")
+            result.update(debiased)
+        else:
+            result["fid_inf"] = None
+            result["protocol"]["fid_inf"] = (f"not computed: FID is linear in 1/n only for subsets larger than the "
+                                             f"feature dimension (n/2 >= {dim}, N >= {2 * dim}); N = {n}")
     return result
 
 
@@ -154,7 +167,7 @@ def score(
     ``allow_nonfinite``; feature sets with NaN or infinity are always refused.
     """
     check_library(library, cleanfid_mode)
-    check_bootstrap_options(metric_options.get("bootstrap_draws", DEFAULT_DRAWS), metric_options.get("bootstrap_level", DEFAULT_LEVEL))
+    check_interval_options(metric_options.get("interval_draws", DEFAULT_DRAWS), metric_options.get("interval_level", DEFAULT_LEVEL))
     real_set = _as_set(real, "real images", real_split, allow_nonfinite)
     fake_set = _as_set(fake, "fake images", None, allow_nonfinite)
     real_set, fake_set = real_set.first(n), fake_set.first(n)

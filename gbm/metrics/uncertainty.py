@@ -1,4 +1,4 @@
-"""How far to trust a FID or KID: bootstrap intervals over the generated samples and the N-debiased FID_inf.
+"""How far to trust a FID or KID: half-sample intervals over the generated samples and the N-debiased FID_inf.
 
 Everything works on features already extracted (no Inception time) and is seeded, so it repeats exactly on
 one machine and thread count.
@@ -8,14 +8,16 @@ one machine and thread count.
   (the non-zero eigenvalues of ``Σa Σb`` are those of ``(A Bᵀ)(A Bᵀ)ᵀ / ((n_a-1)(n_b-1))``). With n <= d an
   (n_a x n_b) SVD replaces a (d x d) matrix square root, and every subset or resample is an index gather of
   Gram matrices computed once. With n > d, the (d x d) form: eigenvalues of ``Σa^½ Σb Σa^½``.
-- Bootstrap (reference fixed): ``draws`` resamples of the generated features with replacement; FID and KID
-  of each. Interval: the basic (reverse-percentile) bootstrap ``[2θ - q(1-α/2), 2θ - q(α/2)]``, which
-  also removes the first-order small-N bias of FID that a plain percentile interval would inherit. The
-  interval covers the generated samples' variation only, not the reference set's (it is fixed).
-- KID of a resample: the unbiased MMD² with the cubic kernel ``(x·y/d + 1)^3`` over the whole sets; pairs of
-  copies of one generated image are left out of the within-set mean (they are not independent pairs).
+- Intervals (reference fixed): ``estimate ± z · se`` around the FID or KID printed, for the expected value at
+  this N; ``se`` is the metric's standard deviation over ``draws`` random halves of the generated features
+  (``half_sample_intervals``). The interval covers the generated samples' variation only, not the reference
+  set's (it is fixed). A with-replacement bootstrap overstates FID's spread 2-3 times at N < d, and its basic
+  interval is one for a bias-corrected FID that lay wholly below the printed FID in most rows.
+- KID of a half: the unbiased MMD² with the cubic kernel ``(x·y/d + 1)^3``.
 - FID_inf (Chong & Forsyth, CVPR 2020): FID of random subsets of both sets (without replacement) at several
-  sizes n, a least-squares line in 1/n through the per-size means, extrapolated to 1/n = 0.
+  sizes n, a least-squares line in 1/n through the per-size means, extrapolated to 1/n = 0. FID is linear in
+  1/n only where the subsets are larger than the feature dimension: ``fid_inf_applies`` (N >= 2d, 4,096 for
+  Inception); at N = 200 in 2048-d it gave 19-25 for two sets of real images, whose true value is 0.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import math
 import numpy as np
 import torch
 
-DEFAULT_DRAWS = 1000
+DEFAULT_DRAWS = 100
 DEFAULT_LEVEL = 0.95
 DEFAULT_INF_SIZES = 8
 DEFAULT_INF_DRAWS = 25
@@ -120,56 +122,78 @@ def _polynomial_kernel(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (x @ y.T / x.shape[1] + 1) ** 3
 
 
-def basic_interval(estimate: float, replicates: np.ndarray, level: float) -> list[float]:
-    """Basic (reverse-percentile) bootstrap interval ``[2θ - q(1-α/2), 2θ - q(α/2)]``."""
-    alpha = 1 - level
-    low, high = np.quantile(replicates, [alpha / 2, 1 - alpha / 2])
-    return [float(2 * estimate - high), float(2 * estimate - low)]
+def normal_interval(estimate: float, standard_error: float, level: float) -> list[float]:
+    """``estimate ± z_{(1+level)/2} · standard_error``: an interval centred on the number printed beside it."""
+    from scipy.stats import norm
+
+    half = float(norm.ppf(0.5 + level / 2)) * standard_error
+    return [float(estimate - half), float(estimate + half)]
 
 
-def check_bootstrap_options(draws: int, level: float) -> None:
+def check_interval_options(draws: int, level: float) -> None:
     """ValueError naming the option unless ``draws`` is 0 (off) or >= 2 and ``level`` lies in (0, 1)."""
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 0 or draws == 1:
-        raise ValueError(f"--bootstrap-draws: must be 0 (no intervals) or an integer >= 2, got {draws!r}")
+        raise ValueError(f"--interval-draws: must be 0 (no intervals) or an integer >= 2, got {draws!r}")
     if not 0 < level < 1:
-        raise ValueError(f"--bootstrap-level: must lie strictly between 0 and 1, got {level}")
+        raise ValueError(f"--interval-level: must lie strictly between 0 and 1, got {level}")
 
 
-def bootstrap(real, fake, *, draws: int = DEFAULT_DRAWS, level: float = DEFAULT_LEVEL, seed: int = 0) -> dict:
-    """Bootstrap intervals of FID and KID over the generated features (reference fixed), with the replicates."""
-    check_bootstrap_options(draws, level)
+def half_sample_intervals(real, fake, *, draws: int = DEFAULT_DRAWS, level: float = DEFAULT_LEVEL,
+                          seed: int = 0) -> dict:
+    """Intervals for the FID and KID of ``fake`` against the fixed ``real`` set, each centred on its estimate.
+
+    The standard error is the standard deviation of the metric over ``draws`` random halves of the generated
+    set (drawn without replacement): for a mean of N values, the variance over random halves of one sample
+    (``sigma^2/(N/2) · (1 - 1/2) · N/(N-1)``) equals the variance of the full-sample mean, and the metrics
+    are smooth in their means and covariances. Verified by simulation (benchmarks/bench_interval_coverage.py):
+    against independent generated sets, the half-sample sd matches the FID's true sd within ~10 % at
+    N < d, where the with-replacement bootstrap overstated it 2.2-2.7 times (its duplicated images inflate FID)."""
+    check_interval_options(draws, level)
     if draws == 0:
-        raise ValueError("--bootstrap-draws: 0 draws give no interval")
+        raise ValueError("--interval-draws: 0 draws give no interval")
     pair = FeaturePair(real, fake)
     n_real, n_fake = len(pair.real), len(pair.fake)
-    resamples = np.random.default_rng(seed).integers(0, n_fake, (draws, n_fake))
+    if n_fake < 4:
+        raise ValueError(f"fake features: half-sample intervals need at least 4 generated images, got {n_fake}")
+    half = n_fake // 2
+    halves = np.argsort(np.random.default_rng(seed).random((draws, n_fake)), axis=1)[:, :half]
     reference = np.tile(np.arange(n_real), (draws, 1))
     fid = float(pair.fid(reference[:1], np.arange(n_fake)[None])[0])
-    fid_replicates = pair.fid(reference, resamples)
+    fid_halves = pair.fid(reference, halves)
 
     k_ff = _polynomial_kernel(pair.raw_fake, pair.raw_fake)
     k_rr = _polynomial_kernel(pair.raw_real, pair.raw_real)
     cross_means = _polynomial_kernel(pair.raw_fake, pair.raw_real).mean(1)
     within_real = (k_rr.sum() - k_rr.trace()) / (n_real * (n_real - 1))
-    counts = torch.as_tensor(np.stack([np.bincount(row, minlength=n_fake) for row in resamples]), dtype=torch.float64,
-                             device=k_ff.device)
-    distinct_pairs = n_fake**2 - (counts**2).sum(1)
-    within_fake = (((counts @ k_ff) * counts).sum(1) - (counts**2 * k_ff.diagonal()).sum(1)) / distinct_pairs
-    kid_replicates = (within_fake + within_real - 2 * counts @ cross_means / n_fake).cpu().numpy()
+    chosen = torch.zeros((draws, n_fake), dtype=torch.float64, device=k_ff.device)
+    chosen.scatter_(1, torch.as_tensor(halves, device=k_ff.device), 1.0)
+    within_fake = (((chosen @ k_ff) * chosen).sum(1) - chosen @ k_ff.diagonal()) / (half * (half - 1))
+    kid_halves = (within_fake + within_real - 2 * chosen @ cross_means / half).cpu().numpy()
     kid = float((k_ff.sum() - k_ff.trace()) / (n_fake * (n_fake - 1)) + within_real - 2 * cross_means.mean())
+    fid_se, kid_se = float(fid_halves.std(ddof=1)), float(kid_halves.std(ddof=1))
     return {
-        "fid_ci": basic_interval(fid, fid_replicates, level),
-        "kid_ci": basic_interval(kid, kid_replicates, level),
-        "fid_bootstrap_std": float(fid_replicates.std(ddof=1)),
-        "kid_bootstrap_std": float(kid_replicates.std(ddof=1)),
-        "bootstrap": {"fid": fid_replicates.tolist(), "kid": kid_replicates.tolist()},
+        "fid_ci": normal_interval(fid, fid_se, level),
+        "kid_ci": normal_interval(kid, kid_se, level),
+        "fid_se": fid_se,
+        "kid_se": kid_se,
+        "half_samples": {"fid": fid_halves.tolist(), "kid": kid_halves.tolist()},
         "protocol": {
-            "resampled": "generated features with replacement; reference fixed", "draws": draws, "level": level,
-            "seed": seed, "interval": "basic (reverse percentile) bootstrap",
+            "estimand": "the expected FID/KID of this model's N generated images against this reference set "
+                        "(the numbers printed; only equal-N numbers compare)",
+            "interval": "estimate ± z · se, se = sd of the metric over random halves of the generated set "
+                        "(without replacement; reference fixed)",
+            "draws": draws, "level": level, "seed": seed, "half_size": half,
             "fid_centre": fid, "kid_centre": kid,
-            "kid_estimator": "unbiased MMD^2 over the whole sets, cubic kernel; copies of one image not paired",
+            "kid_estimator": "unbiased MMD^2 over the whole sets, cubic kernel",
         },
     }
+
+
+def fid_inf_applies(n: int, dim: int) -> bool:
+    """Whether FID_inf's subsets (n/2 .. n) all exceed the feature dimension, where FID is linear in 1/n.
+    Simulated with Gaussian features of two equal distributions (true value 0; 8 repeats, d = 32): FID_inf
+    19.9 at N = d/2, 5.3 at N = d, -0.3 ± 0.8 at N = 2d, -0.04 ± 0.14 at N = 8d."""
+    return n // 2 >= dim
 
 
 def inf_sizes(n: int, count: int = DEFAULT_INF_SIZES) -> list[int]:

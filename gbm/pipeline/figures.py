@@ -199,31 +199,21 @@ def metric_vs_nfe(runs: pd.DataFrame, png: Path) -> None:
 
 
 def seed_mean_with_interval(group: pd.DataFrame, metric: str = "fid") -> pd.DataFrame:
-    """Per NFE: the mean over seeds and its interval, as in the tables: the two-stage bootstrap interval of
-    the seed mean (seeds, then generated samples) when the bootstrap replicates are on disk, else mean ± std
-    over seeds, else a single seed's own bootstrap interval (NaN bounds when there is none of these)."""
-    from gbm.pipeline.tables import _seed_mean_interval
+    """Per NFE: the mean over seeds and its interval, as in the tables (``gbm.pipeline.tables.
+    seed_mean_interval``: a t interval over seeds, or one seed's interval over its samples; NaN bounds when
+    the runs were scored without intervals)."""
+    from gbm.pipeline.tables import seed_mean_interval
 
     rows = []
     for nfe, at in group.groupby("nfe"):
-        mean, low, high = at[metric].mean(), math.nan, math.nan
-        try:
-            low, high, _ = _seed_mean_interval(at, metric) if "path" in at else (math.nan,) * 3
-        except (KeyError, ValueError, FileNotFoundError):
-            pass
-        if math.isnan(low) and at["seed"].nunique() > 1:
-            std = at[metric].std()
-            low, high = mean - std, mean + std
-        elif math.isnan(low) and f"{metric}_ci_low" in at:
-            low, high = at[f"{metric}_ci_low"].mean(), at[f"{metric}_ci_high"].mean()
-        rows.append({"nfe": nfe, "mean": mean, "low": low, "high": high})
+        low, high, _, _ = seed_mean_interval(at, metric)
+        rows.append({"nfe": nfe, "mean": at[metric].mean(), "low": low, "high": high})
     return pd.DataFrame(rows).sort_values("nfe")
 
 
 def _plot_with_interval(ax, stats: pd.DataFrame, label: str, offset: float = 0.0) -> None:
-    """The seed means joined by a line, each interval a vertical bar (a basic-bootstrap interval corrects part
-    of FID's small-N bias, so it may sit below its point); ``offset`` shifts the bars sideways by that
-    fraction of the NFE so that the bars of several lines at one NFE stay apart."""
+    """The seed means joined by a line, each interval (centred on its mean) a vertical bar; ``offset`` shifts
+    the bars sideways by that fraction of the NFE so that the bars of several lines at one NFE stay apart."""
     (line,) = ax.plot(stats["nfe"], stats["mean"], marker="o", ms=3, label=label)
     ax.vlines(stats["nfe"] * (1 + offset), stats["low"], stats["high"], color=line.get_color(), lw=1.5, alpha=0.7)
 

@@ -3,8 +3,8 @@
 ``aggregate`` reads each evaluated sampler's ``metrics.json`` (from ``gbm score``) and ``samples.json``
 (from ``gbm sample``) into one row per run; ``benchmark_table`` groups rows by dataset × method × sampler ×
 step count and reports FID and KID as mean ± std over training seeds, with N, NFE and the reference split,
-the interval of the seed mean over seeds and generated samples (two-stage bootstrap,
-``gbm.pipeline.comparisons``), FID_inf (N-debiased FID, ``gbm.metrics.uncertainty``) and the largest share
+the t interval of the seed mean over seeds (``gbm.metrics.seeds``; one seed: that evaluation's own interval
+over its samples), FID_inf (N-debiased FID, ``gbm.metrics.uncertainty``, where N allows it) and the largest share
 of non-finite images (``nonfinite``, non-zero only for ``--allow-nonfinite`` samples). Failed evaluations
 (``gbm.pipeline.failures``) are listed beside the tables, never left out silently.
 """
@@ -78,7 +78,7 @@ def evaluation_row(metrics_path: Path) -> dict:
         "fid_ci_high": _interval(metrics, "fid_ci")[1],
         "kid_ci_low": _interval(metrics, "kid_ci")[0],
         "kid_ci_high": _interval(metrics, "kid_ci")[1],
-        "ci_level": _pick(metrics, "protocol.bootstrap.level"),
+        "ci_level": _pick(metrics, "protocol.intervals.level"),
         "fid_inf": _pick(metrics, "fid_inf"),
         "precision": _pick(metrics, "precision"),
         "recall": _pick(metrics, "recall"),
@@ -127,15 +127,24 @@ def _mean_std(values: pd.Series) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
 
 
-def _seed_mean_interval(group: pd.DataFrame, metric: str) -> tuple[float, float, float]:
-    """Two-stage bootstrap interval (seeds, then samples) of the seed mean, and its level; NaN without replicates."""
-    from gbm.pipeline.comparisons import arm_interval, arms
+#: What an interval of the seed mean is over: the seeds (t interval), or one seed's samples.
+OVER_SEEDS, OVER_SAMPLES = "seeds", "samples (1 seed)"
+
+
+def seed_mean_interval(group: pd.DataFrame, metric: str) -> tuple[float, float, float, str]:
+    """The interval of the seed mean printed beside it, its level and what it is over: with two or more seeds
+    the t interval over seeds (``gbm.metrics.seeds.mean_interval``), with one seed that evaluation's own
+    interval over its samples; NaN bounds when there is no level (scored without intervals)."""
+    from gbm.metrics.seeds import mean_interval
 
     levels = group["ci_level"].dropna().unique() if "ci_level" in group else []
-    if len(levels) != 1 or group[f"{metric}_ci_low"].isna().any():
-        return math.nan, math.nan, math.nan
-    low, high = arm_interval(arms(group, metric), level=float(levels[0]))
-    return low, high, float(levels[0])
+    if len(levels) != 1:
+        return math.nan, math.nan, math.nan, ""
+    level = float(levels[0])
+    if len(group) == 1:
+        return float(group[f"{metric}_ci_low"].iloc[0]), float(group[f"{metric}_ci_high"].iloc[0]), level, OVER_SAMPLES
+    low, high = mean_interval(group[metric].astype(float), level)
+    return low, high, level, OVER_SEEDS
 
 
 def benchmark_table(runs: pd.DataFrame) -> pd.DataFrame:
@@ -145,8 +154,8 @@ def benchmark_table(runs: pd.DataFrame) -> pd.DataFrame:
     for key, group in runs.groupby(group_by, sort=False, dropna=False):
         fid_mean, fid_std = _mean_std(group["fid"])
         kid_mean, kid_std = _mean_std(group["kid"])
-        fid_low, fid_high, level = _seed_mean_interval(group, "fid")
-        kid_low, kid_high, _ = _seed_mean_interval(group, "kid")
+        fid_low, fid_high, level, over = seed_mean_interval(group, "fid")
+        kid_low, kid_high, _, _ = seed_mean_interval(group, "kid")
         fid_inf = _mean_std(group["fid_inf"])[0] if "fid_inf" in group else math.nan
         rows.append(dict(zip(group_by, key), nfe=group["nfe"].dropna().mean() if group["nfe"].notna().any() else math.nan,
                          n=group["n"].iloc[0], reference_split=group["reference_split"].iloc[0],
@@ -154,7 +163,7 @@ def benchmark_table(runs: pd.DataFrame) -> pd.DataFrame:
                          prior=", ".join(sorted(set(group["prior"]))) if "prior" in group else "n/a",
                          nonfinite=float(group["nonfinite"].fillna(0).max()) if "nonfinite" in group else 0.0,
                          seeds=len(group), fid_mean=fid_mean, fid_std=fid_std, kid_mean=kid_mean, kid_std=kid_std,
-                         ci_level=level, fid_ci_low=fid_low, fid_ci_high=fid_high, kid_ci_low=kid_low,
+                         ci_level=level, ci_over=over, fid_ci_low=fid_low, fid_ci_high=fid_high, kid_ci_low=kid_low,
                          kid_ci_high=kid_high, fid_inf=fid_inf))
     return pd.DataFrame(rows)
 
@@ -245,8 +254,10 @@ def write_tables(runs: pd.DataFrame, floor: pd.DataFrame, out_dir: Path, name: s
     levels = sorted({f"{100 * v:g}%" for v in table["ci_level"].dropna()}) or ["n/a"]
     caption = (f"Benchmark '{name}': FID and KID (mean ± std over training seeds) with N = {n} samples per "
                f"sampler against the reference split; TF-Inception pool3 features. CI: {', '.join(levels)} "
-               f"two-stage bootstrap interval of the seed mean (seeds, then generated samples; reference fixed). "
-               f"FID∞: N-debiased FID (Chong & Forsyth 2020), mean over seeds.")
+               f"interval of the seed mean printed: a t interval over training seeds (exact for normal per-seed "
+               f"values), or with one seed that model's interval over its samples (reference fixed). "
+               f"FID∞: N-debiased FID (Chong & Forsyth 2020), mean over seeds; n/a below N = 4096, where FID is "
+               f"not linear in 1/N in 2048-d features.")
     caption += " " + PRIOR_NOTE
     if table["guided"].any():
         caption += " " + GUIDANCE_NOTE
@@ -259,8 +270,9 @@ def write_tables(runs: pd.DataFrame, floor: pd.DataFrame, out_dir: Path, name: s
         failures = "\nFailed evaluations (no metrics):\n\n" + "\n".join(
             f"- {r.dataset} / {r.method} / seed {r.seed} / {r.sampler} / {r.steps} steps: {r.reason}"
             for r in failed.itertuples(index=False)) + "\n"
-    floor_caption = (f"Real-vs-real floor (benchmark '{name}'): the same N and feature extractor; CI over the "
-                     f"training subset (reference fixed); FID∞ the N-debiased FID, near 0 when unbiased.")
+    floor_caption = (f"Real-vs-real floor (benchmark '{name}'): the same N and feature extractor; CI: interval of "
+                     f"the printed FID over random halves of the training subset (reference fixed); FID∞ the "
+                     f"N-debiased FID, near 0 when unbiased (n/a below N = 4096).")
     written = {
         "benchmark.csv": table.to_csv(index=False),
         "benchmark.md": markdown(_display(table), caption) + failures,
@@ -275,10 +287,10 @@ def write_tables(runs: pd.DataFrame, floor: pd.DataFrame, out_dir: Path, name: s
         written["ablation.md"] = markdown(ablation_display(ablation), (
             f"GBM ablation (benchmark '{name}'): each evaluated GBM setting and what it changes from the paper's "
             "(M-DSM weight (sigma^2 t)^2, grid uniform in t, iid prior, sigma 0.8, T 1, exact sampler); "
-            "FID mean ± std over training seeds, same N and features as the benchmark table; CI and ΔFID: "
-            "two-stage bootstrap intervals over seeds and samples (as in the comparisons table), ΔFID against "
-            "the paper's setting with the same sampler, dataset and step count (negative is better); "
-            "'not resolved' when its interval contains 0."))
+            "FID mean ± std over training seeds, same N and features as the benchmark table; CI: as in the "
+            "benchmark table; ΔFID against the paper's setting with the same sampler, dataset and step count "
+            "(negative is better) with the comparisons table's Welch interval over seeds; 'not resolved' when "
+            "its interval contains 0, 'too few seeds' with one seed."))
     for filename, text in written.items():
         write_text_atomic(out_dir / filename, text)
     return [out_dir / f for f in written]

@@ -2,7 +2,7 @@
 
 Snakemake's ``benchmark:`` files give each job's wall time and (from their modification time) when it
 ended; the ``gbm`` commands report the seconds they spent in the work itself (training: the loop and the fit of the method's
-data-dependent parameters, e.g. GBM's priors; sampler; Inception features; and the metrics: bootstrap
+data-dependent parameters, e.g. GBM's priors; sampler; Inception features; and the metrics: half-sample
 intervals, FID_inf and SID from the features, and the prior-mismatch table's Fréchet distances). Overhead is
 the share of the available core-time (wall time x cores) not spent in that work (each compute second occupies ``min(threads, cores)`` cores): process start-up, imports, data
 loading, scheduling, idle cores, tables, figures, MLflow.

@@ -31,7 +31,7 @@ rule floor:
     params:
         n=config["evaluation"]["n_samples"],
         bank=config["evaluation"]["neighbours"]["training_images"] or "all",
-        draws=config["evaluation"]["bootstrap_draws"],
+        draws=config["evaluation"]["interval_draws"],
     log:
         "results/logs/floor/{dataset}.log",
     benchmark:
@@ -47,4 +47,4 @@ rule floor:
     shell:
         "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
         "python -m gbm.pipeline.devices -- gbm floor {input.data} --n {params.n} --save-reference {output.reference} "
-        "--bank {params.bank} --save-bank {output.bank} --bootstrap-draws {params.draws} --out {output.floor} > {log} 2>&1"
+        "--bank {params.bank} --save-bank {output.bank} --interval-draws {params.draws} --out {output.floor} > {log} 2>&1"

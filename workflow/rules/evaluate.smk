@@ -40,7 +40,7 @@ rule score:
     params:
         n=config["evaluation"]["n_samples"],
         split=config["evaluation"]["reference_split"],
-        draws=config["evaluation"]["bootstrap_draws"],
+        draws=config["evaluation"]["interval_draws"],
     log:
         "results/logs/score/{dataset}_{method}_seed{seed}_{sampler}_steps{steps}.log",
     benchmark:
@@ -54,7 +54,7 @@ rule score:
         "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
         "python -m gbm.pipeline.devices -- gbm score --real {input.data} --real-split {params.split} "
         "--real-features {input.reference} --fake {input.samples} --n {params.n} --save-features {output.features} "
-        "--bootstrap-draws {params.draws} "
+        "--interval-draws {params.draws} "
         "--out {output.metrics} > {log} 2>&1"
 
 

@@ -54,7 +54,7 @@ rule tables:
 
 rule comparisons:
     input:
-        "results/tables/metrics.csv",  # each row's metrics.json holds the bootstrap replicates
+        "results/tables/metrics.csv",  # one row per seed: the Welch intervals come from the per-seed values
     output:
         table=report("results/tables/comparisons.csv", caption="../report/comparisons.rst", category="Tables"),
         markdown="results/tables/comparisons.md",
