@@ -46,14 +46,15 @@ def test_default_benchmark_dag_has_one_model_per_dataset_method_seed(tmp_path):
 
 def test_paper_dag_covers_three_datasets_every_method_three_seeds(tmp_path):
     counts = dry_run_counts(tmp_path, REPO / "config" / "paper.yaml")
-    # 3 datasets x 9 method entries (5 methods + the GBM variants uniform-eps, tuned, sigma0p5, sigma1p2) x
-    # 3 seeds = 81 models; per dataset and seed the sqrt-t, other-prior and guided GBM rows and the additive
-    # and CLD rows give 51 evaluations, so 459 sample and score jobs (guidance sweep apart).
+    # 3 datasets x 10 method entries (6 methods, Beta diffusion among them, + the GBM variants uniform-eps,
+    # tuned, sigma0p5, sigma1p2) x 3 seeds = 90 models; per dataset and seed the sqrt-t, other-prior and guided
+    # GBM rows, the additive and CLD rows and Beta diffusion's three step counts give 54 evaluations, so 486
+    # sample and score jobs (guidance sweep apart); one neighbours job per dataset x entry x sampler shown (84).
     assert counts["prepare_data"] == 3
-    assert counts["train"] == 81
-    assert counts["sample"] == counts["score"] == 459
-    assert counts["track"] == 81
-    assert counts["neighbours"] == 81
+    assert counts["train"] == 90
+    assert counts["sample"] == counts["score"] == 486
+    assert counts["track"] == 90
+    assert counts["neighbours"] == 84
 
 
 def test_prior_rows_pass_their_prior_to_gbm_sample(tmp_path):
