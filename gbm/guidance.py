@@ -14,22 +14,31 @@ multiply-by-x (``h + x * w_t grad D``); for CLD, whose score is the velocity's, 
 Normalised strength (``normalise=True``, the default). The raw ``grad D`` has no fixed scale: with the
 polyharmonic kernel in n = 784 dimensions it is ``O(1/r)``, orders of magnitude below a score near the data
 (``O(1/std_t)``), so a raw weight of 1 does nothing measurable and the useful weight differs per level,
-dataset and method. Every sampler consumes the declared score only through its drift, ``g^2 * score``
-(additive SDEs, CLD's velocity), or ``sigma^2 * h`` in log space (GBM, SPEC §3), i.e. linearly. So the
-guidance's pull relative to the model's is the ratio of the two terms *in the declared score's space*:
-``a = add_stein_term(0, x, grad D)`` (``grad D`` for additive SDEs, ``x * grad D`` for GBM, the velocity half
-for CLD) against ``score``. The normalised correction rescales ``a`` per image to
-``w_t * |score_i| / |a_i| * a_i``: at weight 1 the guidance moves image i as hard as the model's score does,
-at every level, for every method; only the direction comes from the critic. Per image, so an image still
-depends on its own seed alone when ``repel=False``. ``normalise=False`` keeps the raw ``w_t * a`` (results
-before this option; ``samples.json`` records which was used).
+dataset and method. Every sampler consumes the declared score only through its drift, linearly: ``g^2 * score``
+for the additive SDEs and CLD's velocity, and for GBM in log space (SPEC §3)
+``mu - 1.5 sigma^2 - sigma^2 h = (mu - sigma^2/2) - sigma^2 (h + 1)``, where ``h + 1 = d/dy log p_t`` is the
+Stein score of ``y = log x`` and ``mu - sigma^2/2`` the forward log-drift, which no score moves
+(``reference_score``). The guidance term ``a = add_stein_term(0, x, grad D)`` (``grad D`` for additive SDEs,
+``x * grad D = d/dy D`` for GBM, the velocity half for CLD) is a Stein score in the same coordinates, so the
+guidance's pull relative to the model's is ``|a_i| / |reference_i|``, the reference being ``score`` for a Stein
+score and ``h + 1`` for a Hyvärinen score (not ``h``: ``|h| / |h + 1|`` is up to 1.3 near t = 1 with GBM's
+sigma = 0.8). The normalised correction rescales ``a`` per image to ``w_t * |reference_i| / |a_i| * a_i``: at
+weight 1 the guidance moves image i as hard as the model's score does, at every level, for every method; only
+the direction comes from the critic. Per image, so an image still depends on its own seed alone when
+``repel=False``. ``normalise=False`` keeps the raw ``w_t * a`` (results before this option; ``samples.json``
+records which was used).
+
+Per-image times. Each image's bank is noised to that image's own ``t``: the adaptive probability-flow ODE
+(gbm.ode) moves each image with its own steps, so the images of one call sit at different times. Images
+sharing a time are handled together; the particle term (``repel=True``) runs over the batch-mates at the
+same time, i.e. over the whole batch for every fixed-grid sampler.
 
 Per-step bank subsample (``batch_bank`` B). ``grad D``'s bank term is a mean over the bank, so a uniform
 subsample of B bank members without replacement is an unbiased estimate of it (with a fixed bandwidth or
 the bandwidth-free polyharmonic kernel), its variance shrinking like ``(1/B - 1/N)``; its cost is B instead of
-N distances per particle. Each step draws a fresh subsample from a stream seeded by ``seed``, the level
-``t`` and the count of consecutive calls at that level — never by the batch's images or its position in a
-run — so with ``repel=False`` image i still depends on seed i alone. Normalisation divides by the estimate's
+N distances per particle. Each step draws a fresh subsample per level from a stream seeded by ``seed``, the
+level ``t`` and the count of consecutive calls at that level — never by the batch's images or its position in
+a run — so with ``repel=False`` image i still depends on seed i alone. Normalisation divides by the estimate's
 norm, so the normalised correction is a consistent (not exactly unbiased) estimate of the full-bank one.
 """
 
@@ -109,7 +118,9 @@ class GuidanceOptions:
         return cls(**options)
 
     def describe(self) -> dict:
-        return asdict(self) | {"method": "closed-form kernel discriminator guidance (reconstruction)"}
+        return asdict(self) | {"method": "closed-form kernel discriminator guidance (reconstruction)",
+                               "normalised_against": "the score's share of the sampler's drift (GBM: h + 1)"
+                               if self.normalise else None}
 
 
 def _is_number(value) -> bool:
@@ -170,8 +181,12 @@ def critic_gradient(x: torch.Tensor, bank: torch.Tensor, kernel: str = "polyharm
     """``grad D(x_b)`` for each particle of the batch ``x`` (B, ...) against ``bank`` (N, ...), in closed form.
 
     A particle's own term is dropped (it has no gradient); distances are clamped away from 0. ``repel=False``
-    drops the particle term (each particle then sees the bank only).
+    drops the particle term (each particle then sees the bank only) and takes the particles one at a time, so
+    a particle's gradient is the same to the last bit alone or in any batch (a batched matrix product rounds
+    differently, and an adaptive ODE solver can amplify that into a different trajectory).
     """
+    if not repel and x.shape[0] > 1:
+        return torch.cat([critic_gradient(row, bank, kernel, bandwidth, repel=False) for row in x.split(1)])
     xf, bf = x.flatten(1), bank.flatten(1).to(x.dtype)
     r_bank = torch.cdist(xf, bf, compute_mode="use_mm_for_euclid_dist")
     if bandwidth is None:
@@ -197,39 +212,60 @@ def _check_bank(sde: SDE, bank: torch.Tensor) -> None:
 
 
 class BankSubsampler:
-    """Which bank members a step uses: all of them, or a fresh uniform subsample of ``size`` per step.
+    """Which bank members a step uses at each level: all of them, or a fresh uniform subsample of ``size``.
 
-    The subsample of a call is drawn from a generator seeded by ``(seed, t, repeat)``, ``repeat`` counting the
-    consecutive calls at the same ``t`` (inner steps, correctors), so it never depends on the batch's images,
-    its size or which batch of a run it is: image i depends on seed i alone when ``repel=False``.
+    The subsample of a level is drawn from a generator seeded by ``(seed, t, repeat)``, ``repeat`` counting the
+    consecutive calls that included the level ``t`` (inner steps, correctors, an ODE's last stage and the
+    next step's first), so it never depends on the batch's images, its size or which batch of a run it is:
+    image i depends on seed i alone when ``repel=False`` for every fixed-grid sampler. Not with the adaptive
+    ODE (gbm.ode): its images reach the end time at different calls, so the count at that level, and the final
+    update's subsample, depend on the batch; use the whole bank (``batch_bank`` null) there.
     """
 
     def __init__(self, n_bank: int, size: int | None, seed: int):
         if size is not None and not 1 <= size <= n_bank:
             raise ValueError(f"guidance.batch_bank: must lie in [1, {n_bank}] (the bank size), got {size!r}")
         self.n_bank, self.size, self.seed = n_bank, size, seed
-        self._last_t, self._repeat = None, 0
+        self._repeats: dict[float, int] = {}
 
-    def __call__(self, t: torch.Tensor) -> torch.Tensor | None:
-        """Bank indices for a call at level ``t`` (per-sample times, all equal; None: the whole bank)."""
+    def __call__(self, levels: torch.Tensor) -> list[torch.Tensor | None]:
+        """Bank indices for each of the distinct times ``levels`` of one call (None: the whole bank)."""
+        values = [float(level) for level in levels.reshape(-1)]
         if self.size is None or self.size == self.n_bank:
-            return None
-        t_value = float(t.reshape(-1)[0])
-        self._repeat = self._repeat + 1 if t_value == self._last_t else 0
-        self._last_t = t_value
+            return [None] * len(values)
+        self._repeats = {value: self._repeats.get(value, -1) + 1 for value in values}
+        return [self._draw(value, self._repeats[value]) for value in values]
+
+    def _draw(self, t_value: float, repeat: int) -> torch.Tensor:
         bits = int(np.float64(t_value).view(np.uint64))
-        state = np.random.SeedSequence([self.seed, bits >> 32, bits & 0xFFFFFFFF, self._repeat]).generate_state(2)
+        state = np.random.SeedSequence([self.seed, bits >> 32, bits & 0xFFFFFFFF, repeat]).generate_state(2)
         generator = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
         return torch.randperm(self.n_bank, generator=generator)[:self.size]
 
 
-def normalised_to_score(score: torch.Tensor, term: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """``weight * |score_i| / |term_i| * term_i`` per sample i: the guidance term rescaled so that its norm is
-    ``weight`` times the declared score's (module docstring); a zero term stays zero."""
-    dims = tuple(range(1, score.ndim))
-    score_norm = torch.linalg.vector_norm(score, dim=dims, keepdim=True)
+def reference_score(sde: SDE, score: torch.Tensor) -> torch.Tensor:
+    """The model's pull that normalised guidance is measured against (module docstring): the part of the
+    sampler's drift the score moves, as a Stein score in the coordinates the sampler moves in.
+
+    A Stein score is its own reference. A Hyvärinen score ``h = x * grad log p(x)`` enters GBM's log-space drift
+    as ``-sigma^2 (h + 1)`` (SPEC §3), ``h + 1 = d/dy log p(y)`` for ``y = log x`` (change of variables,
+    ``p_Y(y) = p_X(e^y) e^y``); ``h = -1`` is the flat log-density, which pulls nowhere.
+    """
+    if sde.score_kind == "stein":
+        return score
+    if sde.score_kind == "hyvarinen":
+        return score + 1.0
+    raise ValueError(f"guidance.normalise: the {sde.name!r} SDE's score_fn returns a {sde.score_kind!r}, not a "
+                     "Stein or Hyvärinen score; normalised guidance has no reference for it")
+
+
+def normalised_to_score(reference: torch.Tensor, term: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``weight * |reference_i| / |term_i| * term_i`` per sample i: the guidance term rescaled so that its norm is
+    ``weight`` times the reference score's (``reference_score``); a zero term stays zero."""
+    dims = tuple(range(1, reference.ndim))
+    reference_norm = torch.linalg.vector_norm(reference, dim=dims, keepdim=True)
     term_norm = torch.linalg.vector_norm(term, dim=dims, keepdim=True)
-    return weight * term * (score_norm / term_norm.clamp_min(torch.finfo(term.dtype).tiny))
+    return weight * term * (reference_norm / term_norm.clamp_min(torch.finfo(term.dtype).tiny))
 
 
 def guided_score_fn(sde: SDE, score_fn, bank: torch.Tensor, *, weight: float = 1.0, schedule: str = "constant",
@@ -240,12 +276,16 @@ def guided_score_fn(sde: SDE, score_fn, bank: torch.Tensor, *, weight: float = 1
     ``bank``: real samples in the SDE's data space (positive for GBM, centred for additive SDEs and CLD),
     shaped like one sample's data (for CLD: the position half of the state). The bank is noised to each
     requested ``t`` with ``sde.perturb`` and noise drawn once from ``seed`` (so ``D_t`` is smooth in t).
-    ``normalise``: the correction's norm is ``w_t`` times the score's, per image (module docstring);
+    Each image's bank is noised to its own ``t`` (module docstring: per-image times).
+    ``normalise``: the correction's norm is ``w_t`` times the reference score's (``reference_score``: the score,
+    or ``h + 1`` for GBM's Hyvärinen score ``h``), per image (module docstring);
     ``batch_bank``: a fresh subsample of that many bank members per step (``BankSubsampler``).
     """
     GuidanceOptions(weight=weight, schedule=schedule, kernel=kernel, bandwidth=bandwidth, repel=repel,
                     normalise=normalise)
     _check_bank(sde, bank)
+    if normalise:
+        reference_score(sde, torch.zeros(()))  # refuse a score kind normalisation has no reference for, now
     subsample = BankSubsampler(bank.shape[0], batch_bank, seed)
     noise: dict[str, torch.Tensor] = {}
 
@@ -257,15 +297,20 @@ def guided_score_fn(sde: SDE, score_fn, bank: torch.Tensor, *, weight: float = 1
                              f"data shape {data_shape}")
         if "z" not in noise:
             noise["z"] = randn((bank.shape[0], *x.shape[1:]), torch.Generator().manual_seed(seed), dtype=x.dtype)
-        index = subsample(t)
-        members, z = (bank, noise["z"]) if index is None else (bank[index.to(bank.device)], noise["z"][index])
-        bank_t = sde.perturb(members.to(x.device, x.dtype), t[:1].expand(members.shape[0]), z.to(x.device))
-        w = schedule_weight(schedule, weight, t.to(x.dtype), sde.T).reshape(-1, *([1] * (x.ndim - 1)))
-        gradient = critic_gradient(x, bank_t, kernel, bandwidth, repel)
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).reshape(-1).expand(x.shape[0])
+        levels, level_of = torch.unique(t, return_inverse=True)
+        gradient = torch.empty_like(x)
+        for k, (level, index) in enumerate(zip(levels, subsample(levels))):
+            rows = slice(None) if len(levels) == 1 else (level_of == k).nonzero().squeeze(1)
+            members, z = (bank, noise["z"]) if index is None else (bank[index.to(bank.device)], noise["z"][index])
+            bank_t = sde.perturb(members.to(x.device, x.dtype), level.expand(members.shape[0]), z.to(x.device))
+            gradient[rows] = critic_gradient(x[rows], bank_t, kernel, bandwidth, repel)
+        w = schedule_weight(schedule, weight, t, sde.T).reshape(-1, *([1] * (x.ndim - 1)))
         if not normalise:
             return sde.add_stein_term(score, x, w * gradient)
         term = sde.add_stein_term(torch.zeros_like(score), x, gradient)
-        return score + normalised_to_score(score, term, w.reshape(-1, *([1] * (score.ndim - 1))))
+        return score + normalised_to_score(reference_score(sde, score), term,
+                                           w.reshape(-1, *([1] * (score.ndim - 1))))
 
     return guided
 

@@ -13,7 +13,8 @@ Each prior is a frozen dataclass with one interface:
 
 Priors (``PRIORS``): ``iid`` (the paper's per-channel log-normal, moment-matched), ``correlated`` (a
 Gaussian in log space with the covariance of ``log x_0`` plus ``sigma^2 T I``, full or low rank plus
-diagonal; this project's extension), ``class-mean`` (the authors' class-averaged start) and ``authors``
+diagonal; this project's extension), ``class-mean`` (a class mean pushed through this SDE's kernel, classes
+drawn with their training frequencies: the authors' idea, not their constants or tiling) and ``authors``
 (the authors' hard-coded per-channel constants, an ablation). ``prior_mismatch`` measures a prior against
 p_T in log space; ``additive_prior_mismatch`` does the same for the additive SDEs' Gaussian priors.
 """
@@ -310,10 +311,18 @@ class CorrelatedPrior(Prior):
 
 @dataclass(frozen=True)
 class ClassMeanPrior(Prior):
-    """The authors' class-averaged start (SPEC §3): a class mean image pushed through the forward kernel.
+    """A class-averaged start in the spirit of the authors' (SPEC §3), NOT their exact recipe: a class mean
+    image pushed through this SDE's own forward kernel. This is the variant every table labelled
+    ``class-mean`` shows (docs/priors.md).
 
     ``log x_T = log mean_c + (mu - sigma^2/2) T + sigma sqrt(T) z``, class ``c`` drawn with its training
     frequency from image i's own stream (one normal after ``z``, mapped to a uniform by the normal CDF).
+
+    The authors' code differs in two ways: it pushes the class mean (saved as an 8-bit PNG) through a GBM whose
+    drift and volatility are their hard-coded prior constants ``m``, ``s`` (``AUTHORS_CONSTANTS``) to level
+    999 of 1000, ``log x_T = log mean_c + (m - s^2/2) 0.999 + s sqrt(0.999) z`` (MNIST: log-drift -0.19 and
+    log-std 0.835 where this prior has 0 and 0.8), and it tiles the classes equally over a batch (image j of
+    a batch gets class ``j mod K``) instead of drawing them with their training frequencies.
     """
 
     name: ClassVar[str] = "class-mean"
