@@ -101,7 +101,8 @@ def _latex(table: pd.DataFrame, caption: str) -> str:
 CAPTION = ("Prior mismatch: Fréchet distance between each start distribution and p_T of held-out training "
            "images pushed through the forward kernel (GBM: in log space; additive SDEs: in their data space), "
            "and that distance divided by the total variance of p_T (relative, comparable across spaces). "
-           "* marks this project's priors (correlated) and the authors' alternatives (class-mean, authors); "
+           "* marks this project's priors (correlated; class-mean, a variant of the authors' class-averaged "
+           "start, docs/priors.md) and the authors' constants (authors); "
            "GBM's iid is the paper's prior. A Fréchet distance compares two moments only.")
 
 

@@ -23,7 +23,8 @@ from gbm.pipeline.table_formats import latex, markdown
 GROUP = ["dataset", "method", "sampler", "steps"]
 PRIOR_NOTE = ("Prior: the start distribution x_T; for GBM 'iid' is the paper's per-channel log-normal, "
               "'correlated' (log-Gaussian with the data's full covariance) this project's extension, "
-              "'class-mean' and 'authors' the authors' class-averaged start and hard-coded constants; "
+              "'class-mean' each class's mean image pushed through this SDE's kernel (a variant of the authors' "
+              "class-averaged start, docs/priors.md), 'authors' the authors' hard-coded constants; "
               "'fixed' is an additive SDE's own Gaussian prior.")
 GUIDANCE_MARK = "†"
 GUIDANCE_NOTE = f"{GUIDANCE_MARK} closed-form kernel discriminator guidance, a reconstruction (SPEC §7), not the authors' recipe."
