@@ -288,6 +288,8 @@ def write_tables(runs: pd.DataFrame, floor: pd.DataFrame, out_dir: Path, name: s
         written["ablation.md"] = markdown(ablation_display(ablation), (
             f"GBM ablation (benchmark '{name}'): each evaluated GBM setting and what it changes from the paper's "
             "(M-DSM weight (sigma^2 t)^2, grid uniform in t, iid prior, sigma 0.8, T 1, exact sampler); "
+            "end_time is a row's last network level, from which every sampler's final noise-free update goes "
+            "to t = 0 (gbm/grids.py); "
             "FID mean ± std over training seeds, same N and features as the benchmark table; CI: as in the "
             "benchmark table; ΔFID against the paper's setting with the same sampler, dataset and step count "
             "(negative is better) with the comparisons table's Welch interval over seeds; 'not resolved' when "
