@@ -111,6 +111,9 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
     log_every: int = 100  # how often per-step losses are flushed to loss.csv and checked for finiteness
+    precision: str = "fp32"  # the backbone's arithmetic: fp32, or bf16 autocast (CUDA only; gbm.speed)
+    tf32: bool = False  # TF32 matmuls on CUDA; not applied on the CPU
+    channels_last: bool = False  # NHWC memory format on CUDA; not applied on the CPU
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "checkpoint_every", "keep_checkpoints", "log_every"):
@@ -119,6 +122,9 @@ class TrainConfig:
         _require(self.warmup >= 0, "train.warmup", "must be >= 0", self.warmup)
         _require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables)", self.grad_clip)
         _require(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1)", self.ema_decay)
+        from gbm.speed import check_precision
+
+        check_precision(self.precision, "train.precision")
 
 
 # Keys that may change between a run and its resumption (they do not change the trajectory).

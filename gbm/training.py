@@ -43,6 +43,7 @@ from gbm.runs import (
 )
 from gbm.losses import describe_loss
 from gbm.sde import SDE
+from gbm.speed import Speed, apply_to_model, resolve, tf32_matmuls
 
 TOY_DATASETS = {"two_spirals": two_spirals}
 
@@ -99,6 +100,7 @@ class TrainingSetup:
     data_record: dict
     priors: dict  # fitted statistics of the method's named priors (``Method.fit_priors``), stored in model.pt
     fit_s: float = 0.0  # seconds spent fitting the method's data-dependent parameters (SDE statistics, priors)
+    speed: Speed = Speed()  # the speed switches applied on this device (gbm.speed)
 
 
 def _load_data(config: Config, method: Method) -> tuple[torch.Tensor, torch.Tensor | None, Callable | None, dict]:
@@ -166,9 +168,16 @@ def prepare(config: Config, device: str | torch.device = "auto") -> TrainingSetu
     torch.manual_seed(config.seed)
     backbone = _build_backbone(config, sde, tuple(values.shape[1:])).to(device)
     model = ScoreModel(sde, backbone, config.model.parameterisation)
+    speed = resolve(requested_speed(config), device, ("train.precision", "train.tf32", "train.channels_last"))
+    apply_to_model(model, speed)
     data = TrainingData(values, to_data_space, config.seed, device)
     data_record |= {"shape": list(data.shape), "n_train": len(data)}
-    return TrainingSetup(config, device, sde, backbone, model, loss_fn, data, data_record, priors, fit_s)
+    return TrainingSetup(config, device, sde, backbone, model, loss_fn, data, data_record, priors, fit_s, speed)
+
+
+def requested_speed(config: Config) -> Speed:
+    """The speed switches the config asks for (``train.precision``, ``train.tf32``, ``train.channels_last``)."""
+    return Speed(config.train.precision, config.train.tf32, config.train.channels_last)
 
 
 def model_record(setup: TrainingSetup, ema: EMA, step: int) -> dict:
@@ -186,6 +195,7 @@ def model_record(setup: TrainingSetup, ema: EMA, step: int) -> dict:
         "data": setup.data_record,
         "priors": setup.priors,
         "config": setup.config.to_dict(),
+        "speed": setup.speed.record(requested_speed(setup.config)),
         "state_dict": {k: v.detach().cpu() for k, v in ema.shadow.items()},
     }
 
@@ -287,6 +297,8 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 def _check_resumable(run: RunDir, config: Config) -> None:
     with open(run.config) as handle:
         previous = yaml.safe_load(handle)
+    for key, default in (("precision", "fp32"), ("tf32", False), ("channels_last", False)):
+        previous.setdefault("train", {}).setdefault(key, default)  # a run from before the speed switches
     changed = [k for k in diff_keys(previous, config.to_dict()) if k not in RESUMABLE_KEYS]
     if changed:
         raise ValueError(
@@ -377,29 +389,30 @@ def train(config: Config, run_dir: str | Path, device: str | torch.device = "aut
         rate, window_began = rows * tc.batch_size / (now - window_began), now
         return rate
 
-    for step in range(start + 1, tc.steps + 1):
-        if tc.warmup:
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(tc, step)
-        x0 = setup.data.batch(step - 1, tc.batch_size)
-        loss = setup.loss_fn(setup.model, x0, generator=noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if tc.grad_clip > 0:
-            nn.utils.clip_grad_norm_(params, tc.grad_clip, foreach=True)
-        optimizer.step()
-        ema.update(setup.backbone)
-        log.add(step, loss)
-        bar.update(1)
-        checkpoint_now = step % tc.checkpoint_every == 0 or step == tc.steps
-        if checkpoint_now or step % tc.log_every == 0:
-            rows, rate = log.flush(lambda s: learning_rate(tc, s), throughput)
-            bar.set_postfix(loss=f"{rows[-1][1]:.4g}", refresh=False)
-            if observer is not None:
-                for row_step, value in rows:
-                    observer(row_step, value, learning_rate(tc, row_step), rate)
-        if checkpoint_now:
-            save_checkpoint(step, wall_before + time.perf_counter() - began)
+    with tf32_matmuls(setup.speed):
+        for step in range(start + 1, tc.steps + 1):
+            if tc.warmup:
+                for group in optimizer.param_groups:
+                    group["lr"] = learning_rate(tc, step)
+            x0 = setup.data.batch(step - 1, tc.batch_size)
+            loss = setup.loss_fn(setup.model, x0, generator=noise)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if tc.grad_clip > 0:
+                nn.utils.clip_grad_norm_(params, tc.grad_clip, foreach=True)
+            optimizer.step()
+            ema.update(setup.backbone)
+            log.add(step, loss)
+            bar.update(1)
+            checkpoint_now = step % tc.checkpoint_every == 0 or step == tc.steps
+            if checkpoint_now or step % tc.log_every == 0:
+                rows, rate = log.flush(lambda s: learning_rate(tc, s), throughput)
+                bar.set_postfix(loss=f"{rows[-1][1]:.4g}", refresh=False)
+                if observer is not None:
+                    for row_step, value in rows:
+                        observer(row_step, value, learning_rate(tc, row_step), rate)
+            if checkpoint_now:
+                save_checkpoint(step, wall_before + time.perf_counter() - began)
     bar.close()
     session = time.perf_counter() - began
 
@@ -426,6 +439,7 @@ def train(config: Config, run_dir: str | Path, device: str | torch.device = "aut
         "ema_decay": tc.ema_decay,
         "seed": config.seed,
         "device": str(device),
+        "speed": setup.speed.record(requested_speed(config)),
     }
     write_json(run.metrics, metrics)
     return metrics

@@ -65,6 +65,14 @@ def add_parser(subparsers) -> None:
                         help="keep going when the sampler's state becomes NaN or infinite: write the files and record "
                              "the fraction of non-finite images as 'nonfinite' (gbm score refuses such files unless "
                              "given --allow-nonfinite); by default the command stops with an error and writes nothing")
+    parser.add_argument("--precision", choices=["fp32", "bf16"],
+                        help="the network's arithmetic: fp32, or bf16 autocast (CUDA only); default: the model's "
+                             "train.precision (gbm.speed)")
+    parser.add_argument("--tf32", choices=["true", "false"],
+                        help="TF32 matmuls on CUDA (not applied on the CPU); default: the model's train.tf32")
+    parser.add_argument("--channels-last", choices=["true", "false"],
+                        help="NHWC memory format on CUDA (not applied on the CPU); default: the model's "
+                             "train.channels_last")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=run)
 
@@ -106,6 +114,22 @@ def _check_args(args) -> None:
         raise ValueError("--guidance: --guidance-data given without any --guidance KEY=VALUE (e.g. --guidance weight=1)")
 
 
+def sampling_speed(args, record: dict, device) -> tuple:
+    """The speed switches (``gbm.speed``) to sample with, each from its flag or else the model's training
+    setting (none for a model from before the switches: fp32, off, off); returns (applied, requested)."""
+    from gbm.speed import Speed, resolve
+
+    trained = record.get("config", {}).get("train", {})
+
+    def flag(value, key, default):
+        return trained.get(key, default) if value is None else value == "true"
+
+    requested = Speed(args.precision or trained.get("precision", "fp32"), flag(args.tf32, "tf32", False),
+                      flag(args.channels_last, "channels_last", False))
+    keys = ("--precision (default: the model's train.precision)", "--tf32", "--channels-last")
+    return resolve(requested, device, keys), requested
+
+
 def _guidance_bank(args, record: dict) -> tuple:
     """The ``--guidance-data`` images (uint8 numpy) checked against the run's data, and where they came from."""
     from gbm.guidance import bank_images_from_file
@@ -133,6 +157,7 @@ def run(args) -> int:
     from gbm.runs import git_revision, load_model, resolve_device, write_json
     from gbm.sampling import SamplerDiverged, sample, sampler_names, time_discretisation, validate_request
     from gbm.seeding import PerSampleGenerator
+    from gbm.speed import apply_to_model, tf32_matmuls
 
     started_at = process_start_time()
     _check_args(args)
@@ -142,6 +167,8 @@ def run(args) -> int:
     guidance_options = options_from_pairs(args.guidance) if args.guidance else None
     device = resolve_device(args.device)
     model, record = load_model(args.run_dir, device)
+    speed, requested_speed = sampling_speed(args, record, device)
+    apply_to_model(model, speed)
     sde = model.sde
     sampler_fn = validate_request(sde, args.sampler, args.steps, options)
     method, start_options = method_of(sde), prior_options(args)
@@ -169,8 +196,9 @@ def run(args) -> int:
         generator = PerSampleGenerator(chunk)
         x_T = method.start(sde, record, args.prior, start_options, (len(chunk), *sample_shape), generator, device)
         try:
-            result = sample(sde, score_fn, x_T, method=args.sampler, steps=args.steps, generator=generator,
-                            allow_nonfinite=args.allow_nonfinite, **options_run)
+            with tf32_matmuls(speed):
+                result = sample(sde, score_fn, x_T, method=args.sampler, steps=args.steps, generator=generator,
+                                allow_nonfinite=args.allow_nonfinite, **options_run)
         except SamplerDiverged as error:
             bar.close()
             raise SamplerDiverged(f"{error} [batch of seeds {chunk[0]}..{chunk[-1]}; {args.run_dir}]",
@@ -214,6 +242,7 @@ def run(args) -> int:
         "wall_time_s": wall,
         "images_per_s": args.n / wall,
         "device": str(device),
+        "speed": speed.record(requested_speed),
     }
     meta = stats | {
         "run_dir": str(Path(args.run_dir).resolve()),
