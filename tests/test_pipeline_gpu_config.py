@@ -73,3 +73,17 @@ def test_gpu_benchmark_with_tiny_steps_runs_end_to_end_on_the_cpu(tmp_path, prep
     assert len(train_metrics) == 8 and len(samples) == 10
     for path in train_metrics + samples:
         assert json.loads(path.read_text())["speed"] == cpu_speed, path
+
+
+def test_comparisons_figure_of_one_seed_draws_each_point_without_an_interval(tmp_path):
+    """config/gpu.yaml has one seed: every verdict is 'too few seeds' and no interval exists."""
+    from gbm.pipeline.figures import comparison_figure
+
+    nan = float("nan")
+    table = pd.DataFrame([{"dataset": d, "method": m, "sampler": s, "steps": 20, "baseline": "vp / em",
+                           "level": 0.95, "fid_difference": 1.5, "fid_low": nan, "fid_high": nan,
+                           "fid_verdict": "too few seeds", "kid_difference": 1e-3, "kid_low": nan, "kid_high": nan,
+                           "kid_verdict": "too few seeds"}
+                          for d in ("mnist", "fashion_mnist") for m, s in EVALUATIONS if m != "vp"])
+    comparison_figure(table, tmp_path / "comparisons.png")
+    assert (tmp_path / "comparisons.png").stat().st_size > 0

@@ -301,7 +301,8 @@ def trajectory_figure(snapshots: dict[str, tuple[np.ndarray, list[float]]], png:
     save(fig, png)
 
 
-VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red", "not resolved": "tab:grey"}
+VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red", "not resolved": "tab:grey",
+                   "too few seeds": "tab:olive"}  # one seed on a side: the point alone, no interval
 
 
 def comparison_figure(table: pd.DataFrame, png: Path) -> None:
@@ -321,7 +322,8 @@ def comparison_figure(table: pd.DataFrame, png: Path) -> None:
             for y, row in subset.iterrows():
                 centre, low, high = (scale * row[f"{metric}_{k}"] for k in ("difference", "low", "high"))
                 colour = VERDICT_COLOURS[row[f"{metric}_verdict"]]
-                ax.errorbar(centre, y, xerr=[[centre - low], [high - centre]], fmt="o", ms=4, capsize=3, color=colour)
+                xerr = None if pd.isna(low) or pd.isna(high) else [[centre - low], [high - centre]]
+                ax.errorbar(centre, y, xerr=xerr, fmt="o", ms=4, capsize=3, color=colour)
             ax.axvline(0, color="k", lw=0.8)
             ax.set_yticks(range(len(subset)), subset["label"] if c == 0 else [""] * len(subset))
             ax.invert_yaxis()
@@ -329,5 +331,5 @@ def comparison_figure(table: pd.DataFrame, png: Path) -> None:
             ax.set_title(f"{dataset}: {name}, {100 * subset['level'].iloc[0]:g}% interval (seeds and samples)")
             ax.grid(axis="x", alpha=0.3)
     handles = [plt.Line2D([], [], marker="o", ls="", color=c, label=v) for v, c in VERDICT_COLOURS.items()]
-    fig.legend(handles=handles, loc="outside lower center", ncol=3, fontsize=8)
+    fig.legend(handles=handles, loc="outside lower center", ncol=len(handles), fontsize=8)
     save(fig, png)
