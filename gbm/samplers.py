@@ -115,6 +115,9 @@ def probability_flow(sde, score_fn, x, *, steps, generator=None, solver="rk45", 
     return final_update(sde, score_fn, y.to(dtype).reshape(shape), end), stats
 
 
+probability_flow.final_update_from_end_time = True  # recorded by gbm.sampling.time_discretisation
+
+
 def final_update(sde, score_fn, x, end: float) -> torch.Tensor:
     """The noise-free reverse-diffusion step (its mean) from the end time ``end`` to t = 0."""
     return reverse_diffusion_step(sde, score_fn, x, end, end, None, True) if end > 0 else x

@@ -106,11 +106,13 @@ def validate_request(sde: SDE, method: str, steps: int, options: dict) -> Sample
 def time_discretisation(sde: SDE, fn: SamplerFn, steps: int, options: dict) -> dict:
     """How a sampler's time runs under ``options``, for ``samples.json``: the named grid (its own default when
     not given; ``adaptive`` for a sampler without a fixed grid, the RK45 ODE), the resolved end time, the time
-    of the last network call and the time the state ends at (always 0, gbm.grids.sampling_levels)."""
+    of the last network call (a fixed-grid sampler's last level; ``end_time`` for samplers that integrate to it
+    and then take the final update) and the time the state ends at (always 0, gbm.grids)."""
     parameters = inspect.signature(fn).parameters
     grid = options.get("grid") or (parameters["grid"].default if "grid" in parameters else None) or "adaptive"
     end = resolve_end_time(sde, options.get("end_time"))
-    last = last_network_level(sde, steps, grid, end) if end == 0 and grid != "adaptive" else end
+    integrates_to_end = getattr(fn, "final_update_from_end_time", False) or grid == "adaptive"  # ODEs, CLD
+    last = end if integrates_to_end else last_network_level(sde, steps, grid, end)
     return {"grid": grid, "end_time": end, "last_network_level": last,
             "state_ends_at": 0.0, "end_of_sampling": END_OF_SAMPLING}
 

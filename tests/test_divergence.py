@@ -226,14 +226,14 @@ def test_log_tweedie_refuses_a_non_positive_or_non_finite_state():
 
 def test_pc_with_too_few_steps_for_its_langevin_step_factor_is_refused_before_sampling():
     """VP's corrector factor 1 - beta(t) dt (beta_max = 20) is negative at T when the first interval
-    (T - end_time)/(steps - 1) exceeds 1/20 (20 steps or fewer): NaN noise. The check runs on the grid the
-    sampler will use: 30 levels uniform in sqrt(t) start with dt = 0.066, also too coarse at T."""
+    (T - end_time)/steps exceeds 1/20 (19 steps or fewer): NaN noise. The check runs on the grid the sampler
+    will use: 30 levels uniform in sqrt(t) start with dt = 0.064, also too coarse at T."""
     from gbm.methods.additive import VPSDE
 
     score = lambda x, t: -x  # noqa: E731
-    with pytest.raises(ValueError, match="^steps: 20 is too few for the predictor-corrector"):
-        sample(VPSDE(), score, torch.zeros(2, 3), method="pc", steps=20)
-    assert torch.isfinite(sample(VPSDE(), score, torch.zeros(2, 3), method="pc", steps=21).x).all()
+    with pytest.raises(ValueError, match="^steps: 19 is too few for the predictor-corrector"):
+        sample(VPSDE(), score, torch.zeros(2, 3), method="pc", steps=19)
+    assert torch.isfinite(sample(VPSDE(), score, torch.zeros(2, 3), method="pc", steps=20).x).all()
     with pytest.raises(ValueError, match="^steps: 30 is too few for the predictor-corrector"):
         sample(VPSDE(), score, torch.zeros(2, 3), method="pc", steps=30, grid="sqrt-t")
     assert torch.isfinite(sample(VPSDE(), score, torch.zeros(2, 3), method="pc", steps=30).x).all()

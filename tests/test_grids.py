@@ -242,14 +242,10 @@ def test_exact_score_gbm_sampler_on_the_sqrt_t_grid_ends_at_zero_without_residua
 
 @pytest.mark.parametrize("sde", [GBM(), VPSDE(), VESDE()], ids=["gbm", "vp", "ve"])
 @pytest.mark.parametrize("grid", ["uniform-t", "sqrt-t"])
-def test_sampling_levels_end_with_a_network_level_at_end_time_then_zero(sde, grid):
+@pytest.mark.parametrize("end_time", [None, 1e-3])
+def test_sampling_levels_are_the_grid_to_end_time_with_the_final_update_landing_at_zero(sde, grid, end_time):
     from gbm.grids import sampling_levels
 
     for steps in (1, 2, 20):
-        levels = sampling_levels(sde, steps, grid, 1e-3)
-        assert levels.shape == (steps + 1,) and levels[0].item() == sde.T and levels[-1].item() == 0.0
-        assert (levels[1:] < levels[:-1]).all()
-        if steps > 1:
-            assert levels[-2].item() == 1e-3
-    if sde.name == "gbm":  # end_time 0: the grid's own levels down to 0, its last positive time the last level
-        assert torch.equal(sampling_levels(sde, 20, grid, 0.0), time_grid(sde, 20, grid, 0.0))
+        levels, grid_times = sampling_levels(sde, steps, grid, end_time), time_grid(sde, steps, grid, end_time)
+        assert torch.equal(levels[:-1], grid_times[:-1]) and levels[-1].item() == 0.0

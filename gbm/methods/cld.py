@@ -292,6 +292,10 @@ def cld_euler_maruyama(sde, score_fn, u, *, steps, generator=None, grid="quadrat
     return u, {"denoise": denoise, "grid": grid}
 
 
+# Both integrate to the end time, then take the final denoising step from it to 0 (gbm.grids).
+symmetric_splitting.final_update_from_end_time = True
+cld_euler_maruyama.final_update_from_end_time = True
+
 METHOD = Method(
     name="cld",
     label="CLD",
