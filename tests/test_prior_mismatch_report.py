@@ -50,3 +50,15 @@ def test_bad_mismatch_input_names_the_option(tmp_path, capsys):
     assert "--methods" in capsys.readouterr().err
     assert main(argv + ["--methods", '{"gbm": {"name": "gbm"}}', "--sigma2-t", "0"]) == 2
     assert "--sigma2-t" in capsys.readouterr().err
+
+
+def test_a_configuration_without_prior_mismatch_rows_writes_an_empty_table_and_a_figure_saying_so(tmp_path):
+    """Beta diffusion alone (no method with a prior to compare with p_T) must not stop the pipeline."""
+    from gbm.pipeline.prior_mismatch import mismatch_figure, write_mismatch
+
+    written = write_mismatch([], tmp_path, record={"rows": 0})
+    assert sorted(p.name for p in written) == ["prior_mismatch.csv", "prior_mismatch.json", "prior_mismatch.md",
+                                               "prior_mismatch.tex"]
+    assert "Prior mismatch" in (tmp_path / "prior_mismatch.md").read_text()
+    mismatch_figure([], tmp_path / "prior_mismatch.png")
+    assert (tmp_path / "prior_mismatch.png").stat().st_size > 0

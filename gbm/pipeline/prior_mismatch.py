@@ -110,8 +110,8 @@ def write_mismatch(rows: list[dict], out_dir: Path, record: dict | None = None) 
     """prior_mismatch.{csv,md,tex} (rows at each method's configured sigma^2 T; the CSV has every row), and
     prior_mismatch.json with ``record`` (how the table was made and its compute seconds) when given."""
     out_dir = Path(out_dir)
-    frame = pd.DataFrame(rows)
-    shown = frame[frame["at_config"]].drop(columns="at_config")
+    frame = pd.DataFrame(rows, columns=None if rows else [*COLUMNS, "at_config"])
+    shown = frame[frame["at_config"].astype(bool)].drop(columns="at_config")
     written = {"prior_mismatch.csv": frame.to_csv(index=False),
                "prior_mismatch.md": _markdown(shown, CAPTION),
                "prior_mismatch.tex": _latex(shown, CAPTION)}
@@ -126,9 +126,15 @@ def mismatch_figure(rows: list[dict], png: Path) -> None:
     """Relative mismatch of each GBM prior against sigma^2 T, one panel per dataset; additive priors as lines."""
     from gbm.pipeline.figures import plt, save
 
-    frame = pd.DataFrame(rows)
+    frame = pd.DataFrame(rows, columns=None if rows else [*COLUMNS, "at_config"])
     datasets = list(dict.fromkeys(frame["dataset"]))
-    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, max(1, len(datasets)), figsize=(4.2 * max(1, len(datasets)), 3.4), squeeze=False)
+    if not datasets:  # no method of this configuration has a prior to compare with p_T (e.g. Beta diffusion alone)
+        axes[0][0].text(0.5, 0.5, "no method of this configuration\nhas a prior-mismatch row", ha="center",
+                        va="center", transform=axes[0][0].transAxes)
+        axes[0][0].set_axis_off()
+        save(fig, png)
+        return
     for ax, dataset in zip(axes[0], datasets):
         part = frame[frame["dataset"] == dataset]
         multiplicative = part[part["prior"] != "fixed"].sort_values("sigma2_T")
