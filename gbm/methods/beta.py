@@ -274,7 +274,7 @@ class KLUBLoss:
 def beta_ancestral(sde: BetaDiffusion, x0_fn, y, *, steps, generator=None, grid="uniform-t", end_time=None,
                    progress=False):
     """Beta diffusion's ancestral sampler (paper §2.2): at each of ``steps`` network levels of the named ``grid``
-    (gbm.grids.sampling_levels; the last at ``end_time``) predict ``x0_hat`` and take the reverse Beta step to the
+    (gbm.grids.sampling_levels: the grid towards ``end_time``) predict ``x0_hat`` and take the reverse Beta step to the
     next level; the last level's final update to t = 0 is noise-free and returns ``x0_hat`` (in [-1, 1]).
     NFE = ``steps``. ``y`` is ``logit z_T``."""
     times = sampling_levels(sde, steps, grid, end_time).tolist()
