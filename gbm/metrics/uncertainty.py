@@ -145,9 +145,11 @@ def half_sample_intervals(real, fake, *, draws: int = DEFAULT_DRAWS, level: floa
     The standard error is the standard deviation of the metric over ``draws`` random halves of the generated
     set (drawn without replacement): for a mean of N values, the variance over random halves of one sample
     (``sigma^2/(N/2) · (1 - 1/2) · N/(N-1)``) equals the variance of the full-sample mean, and the metrics
-    are smooth in their means and covariances. Verified by simulation (benchmarks/bench_interval_coverage.py):
-    against independent generated sets, the half-sample sd matches the FID's true sd within ~10 % at
-    N < d, where the with-replacement bootstrap overstated it 2.2-2.7 times (its duplicated images inflate FID)."""
+    are smooth in their means and covariances. Verified by simulation (benchmarks/bench_interval_coverage.py,
+    2026-12-06, 60 independent generated sets per case, d = 64/256, N = 100/200): the half-sample sd was
+    0.89-1.27 times the FID's true sd (itself estimated to ~9 %) and ``fid ± 1.96 se`` covered the expected
+    FID in 90-98 % of sets; the with-replacement bootstrap's sd was 2.1-3.8 times the true sd (its duplicated
+    images inflate FID)."""
     check_interval_options(draws, level)
     if draws == 0:
         raise ValueError("--interval-draws: 0 draws give no interval")
