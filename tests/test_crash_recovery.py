@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from test_pipeline_e2e import SMOKE, SNAKEMAKE, prepared_mnist, with_data  # noqa: F401 - a fixture
+from test_live_tracking import tiny_gbm_train_config
 from test_pipeline_tracking import fake_results
 
 GBM = str(Path(sys.executable).parent / "gbm")
@@ -322,18 +323,7 @@ STEPS = 1000  # long enough to outlast the start of the job's MLflow run
 
 
 def tiny_train_config(root: Path) -> Path:
-    from gbm.data import RawDataset, save_prepared
-
-    rng = np.random.default_rng(0)
-    images = lambda n: rng.integers(0, 256, (n, 1, 8, 8), dtype=np.uint8)  # noqa: E731
-    labels = lambda n: rng.integers(0, 10, n).astype(np.int64)  # noqa: E731
-    data = save_prepared(RawDataset(images(32), labels(32), images(8), labels(8), source="synthetic"),
-                         "synthetic", root / "data.npz")
-    path = root / "train.yaml"
-    path.write_text(yaml.safe_dump({
-        "data": {"path": str(data)}, "sde": {"name": "gbm"}, "model": {"size": "tiny"},
-        "train": {"steps": STEPS, "batch_size": 8, "checkpoint_every": 50, "log_every": 10}}))
-    return path
+    return tiny_gbm_train_config(root, steps=STEPS, checkpoint_every=50, log_every=10)
 
 
 def train(config: Path, run_dir: Path, results: Path, **popen) -> subprocess.Popen:

@@ -23,10 +23,8 @@ from gbm.data import RawDataset, save_prepared
 GBM = str(Path(sys.executable).parent / "gbm")
 
 
-@pytest.fixture(scope="module")
-def train_config(tmp_path_factory) -> Path:
-    """A tiny GBM training config on synthetic 8x8 images."""
-    root = tmp_path_factory.mktemp("config")
+def tiny_gbm_train_config(root: Path, *, steps: int, checkpoint_every: int, log_every: int) -> Path:
+    """A tiny GBM training config on synthetic 8x8 images (batch 8), written under ``root``."""
     rng = np.random.default_rng(0)
     images = lambda n: rng.integers(0, 256, (n, 1, 8, 8), dtype=np.uint8)  # noqa: E731
     labels = lambda n: rng.integers(0, 10, n).astype(np.int64)  # noqa: E731
@@ -35,8 +33,14 @@ def train_config(tmp_path_factory) -> Path:
     path = root / "train.yaml"
     path.write_text(yaml.safe_dump({
         "data": {"path": str(data)}, "sde": {"name": "gbm"}, "model": {"size": "tiny"},
-        "train": {"steps": 40, "batch_size": 8, "checkpoint_every": 20, "log_every": 5}}))
+        "train": {"steps": steps, "batch_size": 8, "checkpoint_every": checkpoint_every, "log_every": log_every}}))
     return path
+
+
+@pytest.fixture(scope="module")
+def train_config(tmp_path_factory) -> Path:
+    """A tiny GBM training config on synthetic 8x8 images."""
+    return tiny_gbm_train_config(tmp_path_factory.mktemp("config"), steps=40, checkpoint_every=20, log_every=5)
 
 
 def store(results: Path) -> str:
