@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from gbm.data import RawDataset, save_prepared
+from gbm.runs import RunDir
 
 GBM = str(Path(sys.executable).parent / "gbm")
 
@@ -122,6 +123,23 @@ def test_training_run_is_running_with_loss_points_then_finished_with_the_job_wal
     assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
 
 
+def stop_between_checkpoints(job: subprocess.Popen, run: RunDir, margin: int, timeout: float = 240.0) -> int:
+    """Stop ``job`` (SIGSTOP) at a moment when ``loss.csv`` holds at least ``margin`` steps beyond its latest
+    checkpoint; return that checkpoint's step. A kill then lands between checkpoints, never on one."""
+    deadline = time.time() + timeout
+    while True:
+        assert job.poll() is None, f"the job ended before it was stopped: {job.stderr.read()[-2000:]}"
+        assert time.time() < deadline, "timed out waiting for a moment between checkpoints"
+        os.kill(job.pid, signal.SIGSTOP)
+        checkpoints = run.list_checkpoints()
+        rows = run.loss.read_text().splitlines()[1:] if run.loss.is_file() else []
+        logged = [int(row.split(",")[0]) for row in rows if row.count(",") == 1]  # a half-written row has none
+        if checkpoints and logged and logged[-1] >= checkpoints[-1][0] + margin:
+            return checkpoints[-1][0]
+        os.kill(job.pid, signal.SIGCONT)
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
 def test_killed_training_run_is_marked_killed_and_the_resumed_job_continues_it_without_duplicates(
         train_config, tmp_path):
@@ -129,14 +147,15 @@ def test_killed_training_run_is_marked_killed_and_the_resumed_job_continues_it_w
     steps = 600
     job = start_training(train_config, results, f"train.steps={steps}", "train.checkpoint_every=100")
     run_dir = results / "mnist" / "gbm" / "seed0" / "run"
-    wait_for(lambda: list((run_dir / "checkpoints").glob("*.pt")), job, "a checkpoint")
-    run, _ = loss_points_while_running(results, job, at_least=110)  # points beyond the checkpoint
+    run, _ = loss_points_while_running(results, job)
+    checkpoint = stop_between_checkpoints(job, RunDir(run_dir), margin=10)
     job.send_signal(signal.SIGTERM)
+    os.kill(job.pid, signal.SIGCONT)
     job.communicate(timeout=300)
     killed = client(results).get_run(run.info.run_id)
     assert killed.info.status == "KILLED"
     logged_before = {m.step for m in client(results).get_metric_history(run.info.run_id, "train_loss")}
-    checkpoint = max(int(p.stem.split("_")[-1]) for p in (run_dir / "checkpoints").glob("*.pt"))
+    assert RunDir(run_dir).list_checkpoints()[-1][0] == checkpoint
     assert max(logged_before) > checkpoint  # the resumed job recomputes steps the store already holds
 
     resumed = start_training(train_config, results, f"train.steps={steps}", "train.checkpoint_every=100")
