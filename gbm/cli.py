@@ -32,8 +32,8 @@ IN_OWN_PROCESS = ("worker", "prepare-data", "write-config")
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:  # the command line: a warm worker runs it when one is advertised (gbm.pipeline.warm)
-        from gbm.pipeline.warm import run_in_worker
+    if argv is None:  # the command line: a warm worker runs it when one is advertised (gbm.jobs.warm.client)
+        from gbm.jobs.warm.client import run_in_worker
 
         argv = sys.argv[1:]
         status = run_in_worker(argv) if argv[:1] and argv[0] not in IN_OWN_PROCESS else None

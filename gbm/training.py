@@ -319,7 +319,7 @@ def train(config: Config, run_dir: str | Path, device: str | torch.device = "aut
     ``observer(step, loss, learning_rate, images_per_s)``, when given, is called for every step once its
     loss is written to ``loss.csv`` and its learning rate and throughput since the previous write to
     ``train_log.csv`` (every ``train.log_every`` steps): whatever the observer was given is on disk first,
-    so a killed job loses no metric point. It must return quickly (``gbm.pipeline.live_tracking`` only queues).
+    so a killed job loses no metric point. It must return quickly (``gbm.tracking.live`` only queues).
     """
     setup = setup or prepare(config, device)
     device, tc = setup.device, config.train

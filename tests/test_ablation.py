@@ -1,11 +1,11 @@
-"""The GBM ablation table (gbm.pipeline.ablation): each GBM setting of a config and its changes from the paper's."""
+"""The GBM ablation table (gbm.reporting.ablation): each GBM setting of a config and its changes from the paper's."""
 
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from gbm.pipeline.ablation import ablation_table, gbm_settings
+from gbm.reporting.ablation import ablation_table, gbm_settings
 from gbm.pipeline.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def test_ablation_rows_name_their_changes_from_the_paper_setting_fewest_first():
 def test_tables_step_writes_the_ablation_table_from_the_config_settings(tmp_path):
     import json
 
-    from gbm.pipeline.tables import floor_table, write_tables
+    from gbm.reporting.tables import floor_table, write_tables
 
     runs = pd.DataFrame([
         {"dataset": "mnist", "method": m, "seed": 0, "sampler": "dale-langevin", "sampler_method": "dale-langevin",
@@ -74,7 +74,7 @@ def test_each_changed_setting_is_compared_with_the_papers_setting_of_its_own_sam
 
     import numpy as np
 
-    from gbm.pipeline.tables import benchmark_table
+    from gbm.reporting.tables import benchmark_table
 
     rng = np.random.default_rng(0)
     fids = {("gbm", "sign-agnostic"): 100.0, ("gbm", "dale-langevin"): 200.0,

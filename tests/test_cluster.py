@@ -282,7 +282,7 @@ def test_the_profile_refuses_to_start_where_sacct_exists_but_accounting_is_off(a
 
 
 def test_the_squeue_fallback_passes_the_check_only_when_min_job_age_allows_it(accounting_off, monkeypatch):
-    from gbm.pipeline import slurm
+    from gbm.jobs import slurm
 
     monkeypatch.setenv("SLURM_CONF", accounting_off["SLURM_CONF"])
     assert slurm.check_status_query("squeue", init_seconds=20) == "squeue"  # MinJobAge 300 s >= 60 s

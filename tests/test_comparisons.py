@@ -15,7 +15,7 @@ import pytest
 
 from gbm.metrics.seeds import BETTER, TOO_FEW, UNRESOLVED, WORSE, Arm, compare, mean_interval, simulated_coverage
 from gbm.metrics.uncertainty import half_sample_intervals
-from gbm.pipeline.tables import aggregate, benchmark_table
+from gbm.reporting.tables import aggregate, benchmark_table
 
 D, N = 4, 120
 REFERENCE = np.random.default_rng(100).normal(size=(N, D))
@@ -122,7 +122,7 @@ def test_report_comparisons_writes_tables_and_figure_with_verdicts(tmp_path):
 def test_a_baseline_without_runs_is_named(tmp_path):
     results = write_results(tmp_path / "results")
     runs = aggregate(sorted(results.glob("*/*/seed*/*/steps*/metrics.json")))
-    from gbm.pipeline.comparisons import comparisons_table
+    from gbm.reporting.comparisons import comparisons_table
 
     with pytest.raises(ValueError, match="comparisons.baseline"):
         comparisons_table(runs, {"method": "ve", "sampler": "em"})
@@ -130,8 +130,8 @@ def test_a_baseline_without_runs_is_named(tmp_path):
 
 def test_report_over_the_same_metrics_writes_identical_tables(tmp_path):
     """Repeatability: every interval is seeded, so the same metrics give byte-identical tables."""
-    from gbm.pipeline.comparisons import comparisons_table, write_comparisons
-    from gbm.pipeline.tables import floor_table, write_tables
+    from gbm.reporting.comparisons import comparisons_table, write_comparisons
+    from gbm.reporting.tables import floor_table, write_tables
 
     results = write_results(tmp_path / "results")
     floor = tmp_path / "floor.json"

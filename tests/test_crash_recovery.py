@@ -188,7 +188,7 @@ def leftovers(pipeline: Pipeline) -> list[str]:
 
 
 def stored_artifact_hashes(results: Path, run) -> dict[str, str]:
-    from gbm.pipeline.tracking import stored_artifacts
+    from gbm.tracking.mirror import stored_artifacts
 
     return stored_artifacts(client(results), store(results), run)
 
@@ -353,7 +353,7 @@ def test_every_metric_point_a_hard_killed_training_passed_reaches_mlflow_exactly
     assert passed - set(steps_in_store(results, run_id, "learning_rate"))  # steps the job passed, not in MLflow
 
     assert train(config, run_dir, results).wait() == 0  # resumes after the checkpoint
-    from gbm.pipeline.tracking import sync
+    from gbm.tracking.mirror import sync
 
     assert sync(results, "live", uri=store(results)).adopted == 1
     for curve in CURVES:
@@ -364,7 +364,7 @@ def test_every_metric_point_a_hard_killed_training_passed_reaches_mlflow_exactly
 
 
 def test_a_sync_stopped_before_its_artifacts_are_stored_is_completed_by_the_next(tmp_path):
-    from gbm.pipeline.tracking import sync
+    from gbm.tracking.mirror import sync
 
     results = fake_results(tmp_path, seeds=(0,))
     obstacle = results / "mlartifacts" / "test"
@@ -419,7 +419,7 @@ def test_mlflow_sync_repairs_missing_partial_and_stray_artifacts_and_reports_the
 
 
 def test_a_starting_worker_removes_the_folders_of_hard_killed_workers_and_keeps_live_ones(tmp_path):
-    from gbm.pipeline.warm import FOLDER_PREFIX
+    from gbm.jobs.warm.client import FOLDER_PREFIX
 
     def worker(folder: Path) -> tuple[subprocess.Popen, Path]:
         folder.mkdir()

@@ -187,7 +187,7 @@ def test_inception_features_on_the_device_are_finite_and_do_not_depend_on_the_ba
 
 
 WRAPPERS = {
-    "python -m gbm.pipeline.devices": [sys.executable, "-m", "gbm.pipeline.devices", "--"],
+    "python -m gbm.jobs.devices": [sys.executable, "-m", "gbm.jobs.devices", "--"],
     "gbm with-device": [sys.executable, "-m", "gbm", "with-device", "--"],
 }
 WHAT_THE_JOB_SEES = (

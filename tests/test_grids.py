@@ -162,7 +162,7 @@ def test_benchmark_config_schema_offers_every_grid():
 def test_the_grid_figure_compares_grids_only_within_one_model_sampler_and_prior(tmp_path):
     import pandas as pd
 
-    from gbm.pipeline.figures import fid_vs_nfe_by_grid, grid_groups
+    from gbm.reporting.figures import fid_vs_nfe_by_grid, grid_groups
 
     def row(method, sampler_method, grid, nfe, seed, guided=False, prior="iid"):
         return {"dataset": "mnist", "method": method, "sampler_method": sampler_method, "prior": prior,
@@ -188,8 +188,8 @@ def test_figure_intervals_are_the_tables_seed_mean_intervals(tmp_path):
     import numpy as np
     import pandas as pd
 
-    from gbm.pipeline.figures import seed_mean_with_interval
-    from gbm.pipeline.tables import benchmark_table
+    from gbm.reporting.figures import seed_mean_with_interval
+    from gbm.reporting.tables import benchmark_table
 
     rows = []
     for seed, fid in ((0, 150.0), (1, 160.0)):

@@ -198,7 +198,7 @@ def test_an_unusable_store_is_reported_and_training_finishes(train_config, tmp_p
 
 
 def test_mirror_adopts_the_live_run_and_a_lost_store_is_rebuilt_with_its_times(train_config, tmp_path):
-    from gbm.pipeline.tracking import sync
+    from gbm.tracking.mirror import sync
 
     results = tmp_path / "results"
     job = start_training(train_config, results)

@@ -109,7 +109,7 @@ def test_experiment_shows_training_and_evaluation_runs_with_fid_and_compares_a_r
                                                                                          browser):
     from mlflow.tracking import MlflowClient
 
-    from gbm.pipeline.tracking import view_url
+    from gbm.tracking.mirror import view_url
 
     with mlflow_server(smoke_results) as base:
         client = MlflowClient(base)

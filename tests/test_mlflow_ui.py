@@ -22,7 +22,7 @@ def small_store(results: Path) -> tuple[str, str]:
     """A real SQLite store in ``results/mlflow.db`` with experiment ``smoke`` holding one finished run."""
     from mlflow.tracking import MlflowClient
 
-    from gbm.pipeline.tracking import open_experiment
+    from gbm.tracking.mirror import open_experiment
 
     uri = f"sqlite:///{results / 'mlflow.db'}"
     client = MlflowClient(uri)

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gbm.pipeline import devices
+from gbm.jobs import devices
 from gbm.pipeline.config import ConfigError, check_config, evaluations, load_config, training_overrides
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,7 +177,7 @@ SLOT_PROBE = [sys.executable, "-c", textwrap.dedent("""
 
 
 def run_concurrently(n: int, env: dict) -> list[list[str]]:
-    wrapper = [sys.executable, "-m", "gbm.pipeline.devices", "--"]
+    wrapper = [sys.executable, "-m", "gbm.jobs.devices", "--"]
     procs = [subprocess.Popen(wrapper + SLOT_PROBE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                               env=env) for _ in range(n)]
     outs = [p.communicate(timeout=60) for p in procs]
@@ -231,7 +231,7 @@ def test_snakemake_gpu_resource_gives_concurrent_jobs_different_devices(tmp_path
         rule job:
             output: "job{{i}}.txt"
             resources: gpu=1
-            shell: "{sys.executable} -m gbm.pipeline.devices -- sh -c "
+            shell: "{sys.executable} -m gbm.jobs.devices -- sh -c "
                    "'echo $CUDA_VISIBLE_DEVICES $(date +%s.%N) > {{output}}; sleep 2; date +%s.%N >> {{output}}'"
     """))
     out = subprocess.run(SNAKEMAKE + ["--cores", "2", "--resources", "gpu=2"], capture_output=True, text=True,

@@ -177,7 +177,7 @@ def test_resolved_config_is_rewritten_only_when_it_changes(tmp_path):
 
 
 def test_mlflow_training_record_carries_the_resolved_config(tmp_path):
-    from gbm.pipeline.tracking import training_record
+    from gbm.tracking.mirror import training_record
 
     run = tmp_path / "results" / "mnist" / "gbm" / "seed0" / "run"
     run.mkdir(parents=True)

@@ -77,7 +77,7 @@ def test_gpu_benchmark_with_tiny_steps_runs_end_to_end_on_the_cpu(tmp_path, prep
 
 def test_comparisons_figure_of_one_seed_draws_each_point_without_an_interval(tmp_path):
     """config/gpu.yaml has one seed: every verdict is 'too few seeds' and no interval exists."""
-    from gbm.pipeline.figures import comparison_figure
+    from gbm.reporting.figures import comparison_figure
 
     nan = float("nan")
     table = pd.DataFrame([{"dataset": d, "method": m, "sampler": s, "steps": 20, "baseline": "vp / em",

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from gbm.pipeline.config import ConfigError, check_config
-from gbm.pipeline.guidance_sweep import pick_settings
+from gbm.reporting.guidance_sweep import pick_settings
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = yaml.safe_load((REPO / "config" / "smoke.yaml").read_text())

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from gbm.pipeline.tables import aggregate, benchmark_table, write_tables
+from gbm.reporting.tables import aggregate, benchmark_table, write_tables
 
 GBM = str(Path(sys.executable).parent / "gbm")
 JOB_START = 1.7e9  # when the sampling job of every synthetic evaluation started
@@ -47,7 +47,7 @@ def fake_results(root: Path, seeds=(0, 1, 2)) -> Path:
 
 
 def sync(results: Path) -> dict:
-    from gbm.pipeline.tracking import sync as mirror
+    from gbm.tracking.mirror import sync as mirror
 
     return mirror(results, "test", uri=f"sqlite:///{results / 'mlflow.db'}").as_dict()
 
@@ -159,7 +159,7 @@ def test_table_reports_mean_and_std_over_seeds_with_n_nfe_and_split(tmp_path):
     assert (table["seeds"] == 3).all() and (table["nfe"] == 10).all() and (table["n"] == 8).all()
     floor = tmp_path / "floor.json"
     floor.write_text(json.dumps({"fid": 3.5, "kid_mean": 1e-4, "kid_std": 1e-5, "floor": {"n": 8}}))
-    from gbm.pipeline.tables import floor_table
+    from gbm.reporting.tables import floor_table
 
     write_tables(runs, floor_table([floor]), tmp_path / "tables", "test")
     markdown = (tmp_path / "tables" / "benchmark.md").read_text()
@@ -190,7 +190,7 @@ def test_guided_rows_are_labelled_a_reconstruction_in_the_tables(tmp_path):
     runs = aggregate(sorted(results.glob("*/*/seed*/*/steps*/metrics.json")))
     floor = tmp_path / "floor.json"
     floor.write_text(json.dumps({"fid": 3.5, "kid_mean": 1e-4}))
-    from gbm.pipeline.tables import floor_table
+    from gbm.reporting.tables import floor_table
 
     write_tables(runs, floor_table([floor]), tmp_path / "tables", "test")
     markdown = (tmp_path / "tables" / "benchmark.md").read_text()

@@ -54,7 +54,7 @@ def test_bad_mismatch_input_names_the_option(tmp_path, capsys):
 
 def test_a_configuration_without_prior_mismatch_rows_writes_an_empty_table_and_a_figure_saying_so(tmp_path):
     """Beta diffusion alone (no method with a prior to compare with p_T) must not stop the pipeline."""
-    from gbm.pipeline.prior_mismatch import mismatch_figure, write_mismatch
+    from gbm.reporting.prior_mismatch import mismatch_figure, write_mismatch
 
     written = write_mismatch([], tmp_path, record={"rows": 0})
     assert sorted(p.name for p in written) == ["prior_mismatch.csv", "prior_mismatch.json", "prior_mismatch.md",

@@ -1,6 +1,6 @@
 """The SLURM pre-flight's reading of `scontrol show config` and its model of the executor's status command."""
 
-from gbm.pipeline.slurm import effective_status_command, min_job_age
+from gbm.jobs.slurm import effective_status_command, min_job_age
 
 CONFIG = """Configuration data as of 2026-11-25T08:00:00
 MessageTimeout          = 10 sec

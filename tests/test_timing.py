@@ -1,4 +1,4 @@
-"""results/timing.json (gbm.pipeline.timing): which seconds count as work, and the overhead share they leave."""
+"""results/timing.json (gbm.reporting.timing): which seconds count as work, and the overhead share they leave."""
 
 import json
 import os
@@ -7,7 +7,7 @@ import time
 import numpy as np
 import pytest
 
-from gbm.pipeline.timing import compute_seconds, timing_report
+from gbm.reporting.timing import compute_seconds, timing_report
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Warm workers (gbm.pipeline.warm, gbm.pipeline.warm_server): a command run in a child forked from a real
+"""Warm workers (gbm.jobs.warm.client, gbm.jobs.warm.server): a command run in a child forked from a real
 `gbm worker` gives the same files, exit status, output and signal behaviour as a fresh `gbm` process."""
 
 import json
@@ -16,7 +16,7 @@ import torch
 import yaml
 
 from gbm.data import RawDataset, save_prepared
-from gbm.pipeline.warm import SOCKET_ENV
+from gbm.jobs.warm.client import SOCKET_ENV
 
 GBM = str(Path(sys.executable).parent / "gbm")
 
@@ -113,7 +113,7 @@ def test_the_child_gets_a_fresh_processes_threads_and_its_own_generator_seeds():
     from the OS, as a fresh process does, instead of sharing the server's state with every other child."""
     script = textwrap.dedent("""
         import json, os, random, sys, numpy as np, torch
-        from gbm.pipeline.warm_server import _Startup, _match_fresh_process
+        from gbm.jobs.warm.server import _Startup, _match_fresh_process
         startup = _Startup()
         torch.set_num_threads(1); torch.rand(100)            # what preloading does to this process
         inherited = torch.get_rng_state(), random.getstate(), np.random.get_state()
@@ -239,7 +239,7 @@ def test_the_worker_ends_with_the_process_that_started_it(tmp_path):
     """Snakemake killed outright (no onsuccess/onerror): its worker notices and removes its socket."""
     script = textwrap.dedent(f"""
         import os, time
-        from gbm.pipeline.warm_launch import start_worker
+        from gbm.jobs.warm.launch import start_worker
         worker = start_worker({str(tmp_path / 'worker.log')!r})
         print(worker.pid, os.environ[{SOCKET_ENV!r}], flush=True)
         time.sleep(600)
@@ -259,7 +259,7 @@ def test_the_worker_stops_preloading_when_the_process_that_started_it_is_gone(tm
     """A run that ends before any job (nothing to be done, a DAG error) does not leave a preload running."""
     script = textwrap.dedent(f"""
         import os
-        from gbm.pipeline.warm_launch import start_worker
+        from gbm.jobs.warm.launch import start_worker
         worker = start_worker({str(tmp_path / 'worker.log')!r}, "for the test")
         print(worker.pid, os.environ[{SOCKET_ENV!r}], flush=True)
     """)  # the starter exits at once, while the worker imports torch
@@ -290,7 +290,7 @@ def test_the_worker_stops_preloading_when_the_process_that_started_it_is_gone(tm
     ([], False),
 ])
 def test_the_worker_starts_while_snakemake_parses_only_for_a_plain_local_run(argv, early):
-    from gbm.pipeline.warm_launch import early_start
+    from gbm.jobs.warm.launch import early_start
 
     assert early_start(argv, {}) is early
     assert early_start(argv, {"SNAKEMAKE_PROFILE": "profiles/slurm"}) is False

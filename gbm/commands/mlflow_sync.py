@@ -28,7 +28,7 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from gbm.pipeline.tracking import sync, tracking_uri
+    from gbm.tracking.mirror import sync, tracking_uri
     from gbm.data.atomic import write_text_atomic
 
     results = Path(args.results)

@@ -99,7 +99,7 @@ def stop(server: subprocess.Popen) -> None:
 
 
 def run(args) -> int:
-    from gbm.pipeline.tracking import ARTIFACTS_NAME, STORE_NAME, view_url
+    from gbm.tracking.mirror import ARTIFACTS_NAME, STORE_NAME, view_url
 
     results = Path(args.results)
     store = results / STORE_NAME

@@ -14,7 +14,7 @@ def _pairs(inputs: list[str], outputs: list[str], what: str) -> list[tuple[Path,
 
 def _aggregate(args) -> int:
     from gbm.data.atomic import write_text_atomic
-    from gbm.pipeline.tables import aggregate, failed_table
+    from gbm.reporting.tables import aggregate, failed_table
 
     if args.failed_out is None and args.failed:
         raise ValueError("--failed-out: --failed evaluations given without a file to list them in")
@@ -32,7 +32,7 @@ def _aggregate(args) -> int:
 def _tables(args) -> int:
     import pandas as pd
 
-    from gbm.pipeline.tables import floor_table, write_tables
+    from gbm.reporting.tables import floor_table, write_tables
 
     runs = pd.read_csv(args.metrics)
     settings = json.loads(args.gbm_settings) if args.gbm_settings else None
@@ -46,8 +46,8 @@ def _tables(args) -> int:
 def _comparisons(args) -> int:
     import pandas as pd
 
-    from gbm.pipeline.comparisons import comparisons_table, write_comparisons
-    from gbm.pipeline.figures import comparison_figure
+    from gbm.reporting.comparisons import comparisons_table, write_comparisons
+    from gbm.reporting.figures import comparison_figure
 
     method, _, sampler = args.baseline.partition("/")
     if not method or not sampler:
@@ -62,7 +62,7 @@ def _comparisons(args) -> int:
 
 
 def _grids(args) -> int:
-    from gbm.pipeline.figures import sample_grid
+    from gbm.reporting.figures import sample_grid
 
     for samples, png in _pairs(args.samples, args.out, "samples"):
         sample_grid(samples, png, n=args.n)
@@ -70,7 +70,7 @@ def _grids(args) -> int:
 
 
 def _neighbours(args) -> int:
-    from gbm.pipeline.figures import neighbour_grid
+    from gbm.reporting.figures import neighbour_grid
 
     pairs = _pairs(args.neighbours, args.out, "neighbours")
     for (neighbours, png), (samples, data) in zip(pairs, _pairs(args.samples, args.data, "samples")):
@@ -79,7 +79,7 @@ def _neighbours(args) -> int:
 
 
 def _forward(args) -> int:
-    from gbm.pipeline.figures import forward_histograms
+    from gbm.reporting.figures import forward_histograms
 
     for data, png in _pairs(args.data, args.out, "data"):
         forward_histograms(data, png, times=args.times, images=args.images)
@@ -87,7 +87,7 @@ def _forward(args) -> int:
 
 
 def _toy(args) -> int:
-    from gbm.pipeline.figures import toy_figure
+    from gbm.reporting.figures import toy_figure
 
     toy_figure(Path(args.out), paths=args.paths)
     return 0
@@ -96,7 +96,7 @@ def _toy(args) -> int:
 def _nfe(args) -> int:
     import pandas as pd
 
-    from gbm.pipeline.figures import fid_vs_nfe_by_grid, metric_vs_nfe
+    from gbm.reporting.figures import fid_vs_nfe_by_grid, metric_vs_nfe
 
     runs = pd.read_csv(args.metrics)
     metric_vs_nfe(runs, Path(args.out))
@@ -106,14 +106,14 @@ def _nfe(args) -> int:
 
 
 def _loss(args) -> int:
-    from gbm.pipeline.figures import loss_curves
+    from gbm.reporting.figures import loss_curves
 
     loss_curves([Path(p) for p in args.loss], Path(args.out))
     return 0
 
 
 def _trajectories(args) -> int:
-    from gbm.pipeline.trajectories import trajectory_figures
+    from gbm.reporting.trajectories import trajectory_figures
 
     for run, png in _pairs(args.runs, args.out, "runs"):
         trajectory_figures(Path(run), png, steps=args.steps, snapshots=args.snapshots, images=args.images,
@@ -123,7 +123,7 @@ def _trajectories(args) -> int:
 
 def _timing(args) -> int:
     from gbm.data.atomic import write_text_atomic
-    from gbm.pipeline.timing import timing_report
+    from gbm.reporting.timing import timing_report
 
     text = json.dumps(timing_report(Path(args.results), args.cores, args.threads), indent=2) + "\n"
     write_text_atomic(Path(args.out), text)
@@ -133,7 +133,7 @@ def _timing(args) -> int:
 
 def _guidance_sweep(args) -> int:
     from gbm.data.atomic import write_text_atomic
-    from gbm.pipeline.guidance_sweep import markdown, sweep_figure, sweep_table
+    from gbm.reporting.guidance_sweep import markdown, sweep_figure, sweep_table
 
     rows = sweep_table([Path(p) for p in args.metrics], {Path(d).stem: Path(d) for d in args.data})
     out = Path(args.out_dir)
@@ -146,7 +146,7 @@ def _guidance_sweep(args) -> int:
 
 
 def _prior_mismatch(args) -> int:
-    from gbm.pipeline.prior_mismatch import mismatch_figure, mismatch_rows, write_mismatch
+    from gbm.reporting.prior_mismatch import mismatch_figure, mismatch_rows, write_mismatch
 
     methods = json.loads(args.methods)
     if not isinstance(methods, dict) or not all(isinstance(v, dict) and "name" in v for v in methods.values()):
@@ -185,7 +185,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--floor", nargs="+", required=True, help="floor.json files from `gbm floor`")
     p.add_argument("--name", required=True, help="benchmark name for the captions")
     p.add_argument("--failed", help="failed.csv from `gbm report aggregate`: listed under the table")
-    p.add_argument("--gbm-settings", help="JSON of each GBM entry/sampler's setting (gbm.pipeline.ablation."
+    p.add_argument("--gbm-settings", help="JSON of each GBM entry/sampler's setting (gbm.reporting.ablation."
                                           "gbm_settings): also write the ablation table")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=_tables)

@@ -151,7 +151,7 @@ def run(args) -> int:
     from gbm import pixels
     from gbm.guidance import guided_from_options, options_from_pairs
     from gbm.methods import method_of
-    from gbm.pipeline.live_tracking import job_record, process_start_time
+    from gbm.tracking.live import job_record, process_start_time
     from gbm.models import state_shape
     from gbm.data.atomic import write_stream_atomic
     from gbm.runs import git_revision, load_model, resolve_device, write_json

@@ -76,7 +76,7 @@ def sample_provenance(fake: str) -> dict | None:
 
 def run(args: argparse.Namespace) -> int:
     from gbm.data.prepared import is_split_name
-    from gbm.pipeline.live_tracking import job_record, process_start_time
+    from gbm.tracking.live import job_record, process_start_time
 
     started_at = process_start_time()
     if args.real_split is not None and not is_split_name(args.real_split):

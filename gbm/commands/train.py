@@ -34,7 +34,7 @@ def _interrupt_on_sigterm(signum, frame):
 
 def run(args) -> int:
     from gbm.config import load_config
-    from gbm.pipeline.live_tracking import FAILED, FINISHED, KILLED, process_start_time, tracker_from_environment
+    from gbm.tracking.live import FAILED, FINISHED, KILLED, process_start_time, tracker_from_environment
     from gbm.training import TrainingDiverged, prepare, train
 
     started_at = process_start_time()

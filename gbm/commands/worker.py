@@ -7,7 +7,7 @@ def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "worker", help="serve gbm commands from a process with torch, Inception and MLflow already loaded",
         description="Preload what gbm commands import, then run each command a client sends to SOCKET in a "
-                    "forked child (gbm.pipeline.warm_server). A gbm process with GBM_WARM_SOCKET=SOCKET in its "
+                    "forked child (gbm.jobs.warm.server). A gbm process with GBM_WARM_SOCKET=SOCKET in its "
                     "environment is such a client. The pipeline starts one per local Snakemake run (config key "
                     "warm_workers); it ends on SIGTERM or when the process --watch-pid names is gone.",
     )
@@ -21,6 +21,6 @@ def add_parser(subparsers) -> None:
 
 
 def run(args) -> int:
-    from gbm.pipeline.warm_server import serve
+    from gbm.jobs.warm.server import serve
 
     return serve(args.socket, args.watch_pid, preload_modules=not args.no_preload, listen_fd=args.listen_fd)

@@ -1,4 +1,5 @@
-"""The benchmark pipeline's helpers: configuration, GPU slots, MLflow tracking, aggregation, tables, figures.
+"""The benchmark plan: the pipeline's configuration (checked, resolved, turned into each job's settings).
 
-Kept free of heavy imports at package level: ``python -m gbm.pipeline.devices`` must start instantly.
+Its neighbours: ``gbm.reporting`` (tables, comparisons, figures), ``gbm.tracking`` (MLflow) and ``gbm.jobs``
+(GPU slots, SLURM, the opt-in warm worker). Kept free of heavy imports at package level.
 """

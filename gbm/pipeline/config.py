@@ -105,7 +105,7 @@ def check_config(config: dict) -> None:
     if "baseline" in config.get("comparisons", {}):  # the default baseline is optional: no VP, no comparisons
         check_baseline(with_defaults(config))
     check_training_configs(with_defaults(config))
-    from gbm.pipeline.guidance_sweep import check_sweep
+    from gbm.reporting.guidance_sweep import check_sweep
 
     try:
         check_sweep(config)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
 
-from gbm.pipeline.ablation import gbm_settings  # noqa: E402
+from gbm.reporting.ablation import gbm_settings  # noqa: E402
 from gbm.pipeline.config import (  # noqa: E402
     RESOLVED_CONFIG_NAME,
     method_name,
@@ -22,7 +22,7 @@ from gbm.pipeline.config import (  # noqa: E402
     sampler_prior,
     training_overrides,
 )
-from gbm.pipeline.failures import COMMAND_PREFIX, sampling_failure  # noqa: E402
+from gbm.reporting.failures import COMMAND_PREFIX, sampling_failure  # noqa: E402
 
 # The run's configuration: the --configfile file(s) (also those a profile names) alone, or else
 # config/config.yaml, then the --config overrides; completed only by the schema's defaults. Snakemake's own
@@ -43,11 +43,11 @@ os.environ["GBM_METHOD_MODULES"] = os.pathsep.join(
     str(Path(m).resolve()) if m.endswith(".py") else m for m in config["method_modules"]
 )
 
-# The local run's warm worker (gbm/pipeline/warm_launch.py): started here, while Snakemake parses, for a
+# The local run's warm worker (gbm/jobs/warm/launch.py): started here, while Snakemake parses, for a
 # plain `snakemake --cores N ...` (its preload then overlaps Snakemake's start-up), else in onstart.
 WARM_WORKER = []
 if config["warm_workers"] and workflow.is_main_process:
-    from gbm.pipeline.warm_launch import early_start, start_worker
+    from gbm.jobs.warm.launch import early_start, start_worker
 
     if early_start(sys.argv):
         WARM_WORKER.append(start_worker("results/logs/warm_worker.log", "while Snakemake parses the workflow"))
@@ -55,14 +55,14 @@ if config["warm_workers"] and workflow.is_main_process:
 
 onstart:
     # On SLURM: stop here, before any job is submitted, where the executor's job-status query fails
-    # (it would otherwise lose every job and wait forever; gbm/pipeline/slurm.py).
+    # (it would otherwise lose every job and wait forever; gbm/jobs/slurm.py).
     if workflow.executor_plugin is not None and workflow.executor_plugin.name == "slurm":
-        from gbm.pipeline.slurm import check_status_query
+        from gbm.jobs.slurm import check_status_query
 
         settings = workflow.executor_settings
         check_status_query(settings.status_command, settings.init_seconds_before_status_checks)
-    # Local runs: one warm worker serves every job's `gbm` command (gbm/pipeline/warm.py).
-    from gbm.pipeline.warm_launch import start_worker, stop_worker
+    # Local runs: one warm worker serves every job's `gbm` command (gbm/jobs/warm/client.py).
+    from gbm.jobs.warm.launch import start_worker, stop_worker
 
     if config["warm_workers"] and workflow.executor_plugin is not None and workflow.executor_plugin.name == "local":
         if not WARM_WORKER:
@@ -73,14 +73,14 @@ onstart:
 
 
 onsuccess:
-    from gbm.pipeline.warm_launch import stop_worker
+    from gbm.jobs.warm.launch import stop_worker
 
     for worker in WARM_WORKER:
         stop_worker(worker)
 
 
 onerror:
-    from gbm.pipeline.warm_launch import stop_worker
+    from gbm.jobs.warm.launch import stop_worker
 
     for worker in WARM_WORKER:
         stop_worker(worker)
@@ -104,7 +104,7 @@ def _shows_trajectories(entry):
 TRAJECTORY_ENTRY = next((m for m in METHODS if _shows_trajectories(m)), None)
 
 # Jobs run `gbm` and `python` from the environment Snakemake runs in. Compute jobs use exactly their
-# declared threads and hold one GPU for their command through `python -m gbm.pipeline.devices --` (a lock
+# declared threads and hold one GPU for their command through `python -m gbm.jobs.devices --` (a lock
 # file per device; CPU when there is none).
 os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
 # `gbm train` logs live to the MLflow store the `track` jobs mirror into (environment, not params: moving

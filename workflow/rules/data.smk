@@ -46,5 +46,5 @@ rule floor:
         runtime=config["runtime"]["score"],
     shell:
         "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
-        "python -m gbm.pipeline.devices -- gbm floor {input.data} --n {params.n} --save-reference {output.reference} "
+        "python -m gbm.jobs.devices -- gbm floor {input.data} --n {params.n} --save-reference {output.reference} "
         "--bank {params.bank} --save-bank {output.bank} --interval-draws {params.draws} --out {output.floor} > {log} 2>&1"

@@ -26,7 +26,7 @@ rule sample:
         runtime=config["runtime"]["sample"],
     shell:
         "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
-        "printf '%s\\n' {params.record:q} > {log}; python -m gbm.pipeline.devices -- {params.command} >> {log} 2>&1"
+        "printf '%s\\n' {params.record:q} > {log}; python -m gbm.jobs.devices -- {params.command} >> {log} 2>&1"
 
 
 rule score:
@@ -52,7 +52,7 @@ rule score:
         runtime=config["runtime"]["score"],
     shell:
         "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
-        "python -m gbm.pipeline.devices -- gbm score --real {input.data} --real-split {params.split} "
+        "python -m gbm.jobs.devices -- gbm score --real {input.data} --real-split {params.split} "
         "--real-features {input.reference} --fake {input.samples} --n {params.n} --save-features {output.features} "
         "--interval-draws {params.draws} "
         "--out {output.metrics} > {log} 2>&1"

@@ -1,8 +1,8 @@
-# Guidance weight sweep (config key guidance_sweep, opt-in; gbm/pipeline/guidance_sweep.py): sample each
+# Guidance weight sweep (config key guidance_sweep, opt-in; gbm/reporting/guidance_sweep.py): sample each
 # listed sampler unguided and at every weight x bank size, score against the validation slice of the training
 # split, then one table and one figure. Without the key these rules are not defined and add no job.
 
-from gbm.pipeline.guidance_sweep import SWEEP_ROOT, guidance_args, sweep_runs, sweep_spec  # noqa: E402
+from gbm.reporting.guidance_sweep import SWEEP_ROOT, guidance_args, sweep_runs, sweep_spec  # noqa: E402
 
 SWEEP = sweep_spec(config)
 SWEEP_RUNS = {r.directory: r for r in sweep_runs(config)}
@@ -41,7 +41,7 @@ if SWEEP is not None:
             runtime=config["runtime"]["sample"],
         shell:
             "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
-            "python -m gbm.pipeline.devices -- gbm sample {params.run_dir} {params.args} --steps {wildcards.steps} "
+            "python -m gbm.jobs.devices -- gbm sample {params.run_dir} {params.args} --steps {wildcards.steps} "
             "--n {params.n} --batch-size {params.batch_size} --seed-start 0 --out {output.samples} > {log} 2>&1"
 
     rule guidance_sweep_score:
@@ -66,7 +66,7 @@ if SWEEP is not None:
             runtime=config["runtime"]["score"],
         shell:
             "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
-            "python -m gbm.pipeline.devices -- gbm score --real {input.data} --real-split {params.split} "
+            "python -m gbm.jobs.devices -- gbm score --real {input.data} --real-split {params.split} "
             "--fake {input.samples} --n {params.n} --out {output} > {log} 2>&1"
 
     rule guidance_sweep_report:

@@ -151,7 +151,7 @@ rule figure_trajectories:
         runtime=config["runtime"]["sample"],
     shell:
         "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
-        "python -m gbm.pipeline.devices -- gbm report trajectories --runs {params.runs} --steps {params.steps} "
+        "python -m gbm.jobs.devices -- gbm report trajectories --runs {params.runs} --steps {params.steps} "
         "--snapshots {params.snapshots} --out {output.png} > {log} 2>&1"
 
 

@@ -29,5 +29,5 @@ rule train:
         runtime=config["runtime"]["train"],
     shell:
         "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
-        "python -m gbm.pipeline.devices -- gbm train {params.base} --out {params.run_dir} {params.overrides} "
+        "python -m gbm.jobs.devices -- gbm train {params.base} --out {params.run_dir} {params.overrides} "
         "> {log} 2>&1"

@@ -199,10 +199,10 @@ def metric_vs_nfe(runs: pd.DataFrame, png: Path) -> None:
 
 
 def seed_mean_with_interval(group: pd.DataFrame, metric: str = "fid") -> pd.DataFrame:
-    """Per NFE: the mean over seeds and its interval, as in the tables (``gbm.pipeline.tables.
+    """Per NFE: the mean over seeds and its interval, as in the tables (``gbm.reporting.tables.
     seed_mean_interval``: a t interval over seeds, or one seed's interval over its samples; NaN bounds when
     the runs were scored without intervals)."""
-    from gbm.pipeline.tables import seed_mean_interval
+    from gbm.reporting.tables import seed_mean_interval
 
     rows = []
     for nfe, at in group.groupby("nfe"):

@@ -1,5 +1,5 @@
 """Warm workers, client side: run a ``gbm`` command in a child forked from a process that has already loaded
-torch, torch-fidelity's Inception network, MLflow and the plotting stack (``gbm.pipeline.warm_server``).
+torch, torch-fidelity's Inception network, MLflow and the plotting stack (``gbm.jobs.warm.server``).
 
 A fresh ``gbm`` process spends 2-5 s importing torch (more for a ``score`` job, which also builds the
 Inception network) before any work; the default benchmark runs ~78 of them on 2 cores. A local Snakemake
@@ -29,7 +29,7 @@ import sys
 from gbm.umask import current_umask
 
 SOCKET_ENV = "GBM_WARM_SOCKET"
-FOLDER_PREFIX = "gbm-warm-"  # gbm.pipeline.warm_launch makes TMPDIR/gbm-warm-XXXX/socket for each worker
+FOLDER_PREFIX = "gbm-warm-"  # gbm.jobs.warm.launch makes TMPDIR/gbm-warm-XXXX/socket for each worker
 SOCKET_NAME = "socket"
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2)
 _HEADER = struct.Struct("!I")

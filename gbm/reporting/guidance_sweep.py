@@ -236,7 +236,7 @@ def _cell(value) -> str:
 def sweep_figure(rows: pd.DataFrame, png: Path) -> None:
     """FID, KID, precision/recall and the nearest-bank distance ratio against the weight (log axis), one line
     per model x sampler x bank size; the unguided value is the dashed line."""
-    from gbm.pipeline.figures import plt, save
+    from gbm.reporting.figures import plt, save
 
     panels = [("fid", "FID (validation)"), ("kid", "KID (validation)"), ("precision", "precision / recall"),
               ("distance_ratio_to_unguided", "nearest-bank distance / unguided")]

@@ -84,7 +84,7 @@ def _difference(value: float, low: float, high: float, scale: float = 1.0) -> st
 def write_comparisons(table: pd.DataFrame, out_dir: Path, name: str) -> list[Path]:
     """comparisons.{csv,md,tex} under ``out_dir``."""
     from gbm.data.atomic import write_text_atomic
-    from gbm.pipeline.table_formats import latex, markdown
+    from gbm.reporting.formats import latex, markdown
 
     out_dir = Path(out_dir)
     if table.empty:

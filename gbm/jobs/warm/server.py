@@ -2,7 +2,7 @@
 
 ``gbm worker --socket PATH`` (started by a local Snakemake run, ``common.smk``) imports every ``gbm``
 command module, torch, torch-fidelity (and builds its Inception network on the CPU when the converted
-weights are cached), MLflow, pandas, matplotlib and seaborn once, then serves ``gbm.pipeline.warm``
+weights are cached), MLflow, pandas, matplotlib and seaborn once, then serves ``gbm.jobs.warm.client``
 clients: each request is forked into a child that takes the client's descriptors 0-2, working directory,
 environment and umask and runs ``gbm.cli.main``.
 
@@ -17,7 +17,7 @@ it is safe; each child is its own process group and gets only the signals its cl
 The server ends on SIGTERM/SIGINT or when the process that started it (``--watch-pid``, Snakemake) is
 gone; it then terminates its children (SIGTERM, SIGKILL after a grace period) and removes its socket and
 folder. A worker killed outright (SIGKILL, a power loss) cannot: the next worker to start removes the
-folders whose worker is gone (``gbm.pipeline.warm.remove_abandoned_folders``).
+folders whose worker is gone (``gbm.jobs.warm.client.remove_abandoned_folders``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import threading
 import time
 import traceback
 
-from gbm.pipeline.warm import FORWARDED_SIGNALS, receive_message, remove_abandoned_folders, send_message
+from gbm.jobs.warm.client import FORWARDED_SIGNALS, receive_message, remove_abandoned_folders, send_message
 
 GRACE_SECONDS = 10.0
 # Modules a job would import; loaded once here. Failures are logged and skipped (the child imports them).
@@ -44,9 +44,9 @@ PRELOAD = (
     # MLflow's SQL store (imported when a client opens results/mlflow.db: every training job's live run and
     # every `track` job; 1.3 s, and 0.4 s more to configure its ORM mappers, see below)
     "mlflow.store.tracking.sqlalchemy_store",
-    "gbm.training", "gbm.sampling", "gbm.metrics", "gbm.metrics.features", "gbm.pipeline.live_tracking",
-    "gbm.pipeline.tracking", "gbm.pipeline.tables", "gbm.pipeline.figures", "gbm.pipeline.comparisons",
-    "gbm.pipeline.ablation", "gbm.pipeline.prior_mismatch", "gbm.pipeline.trajectories", "gbm.data",
+    "gbm.training", "gbm.sampling", "gbm.metrics", "gbm.metrics.features", "gbm.tracking.live",
+    "gbm.tracking.mirror", "gbm.reporting.tables", "gbm.reporting.figures", "gbm.reporting.comparisons",
+    "gbm.reporting.ablation", "gbm.reporting.prior_mismatch", "gbm.reporting.trajectories", "gbm.data",
 )
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -221,7 +221,7 @@ class WarmServer:
         self._wakeup_writer.setblocking(False)
         signal.set_wakeup_fd(self._wakeup_writer.fileno(), warn_on_full_buffer=False)
         signal.signal(signal.SIGCHLD, lambda signum, frame: None)
-        if self.listen_fd is None:  # else the starter bound and listens already (gbm.pipeline.warm_launch)
+        if self.listen_fd is None:  # else the starter bound and listens already (gbm.jobs.warm.launch)
             if os.path.exists(self.path):
                 os.unlink(self.path)
             self.listener.bind(self.path)

@@ -15,7 +15,7 @@ Devices, first match wins:
 3. ``nvidia-smi --query-gpu=index``.
 4. None: the command runs on the CPU, environment untouched.
 
-Standard library only, so the wrapper starts in milliseconds: ``python -m gbm.pipeline.devices -- CMD``.
+Standard library only, so the wrapper starts in milliseconds: ``python -m gbm.jobs.devices -- CMD``.
 """
 
 from __future__ import annotations

@@ -49,7 +49,7 @@ def trajectory_figures(run_dir: Path, png: Path, steps: int, snapshots: int = 8,
     import yaml
 
     from gbm.methods import get_method
-    from gbm.pipeline.figures import trajectory_figure
+    from gbm.reporting.figures import trajectory_figure
     from gbm.runs import RunDir
 
     method = get_method(yaml.safe_load(RunDir(run_dir).config.read_text())["sde"]["name"])

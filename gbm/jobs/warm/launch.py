@@ -24,7 +24,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from gbm.pipeline.warm import SOCKET_ENV, environment_without_socket
+from gbm.jobs.warm.client import SOCKET_ENV, environment_without_socket
 
 
 # Options after which `snakemake` runs its jobs with the local executor, unless a profile says otherwise.

@@ -9,7 +9,7 @@ query"). ``check_status_query`` resolves the command the executor will really us
 and runs it once: a failure stops the workflow before any job is submitted, with the fix in the message.
 
 Runs from the workflow's ``onstart`` handler (workflow/rules/common.smk) and stand-alone:
-``python -m gbm.pipeline.slurm [--status-command squeue] [--init-seconds 40]``.
+``python -m gbm.jobs.slurm [--status-command squeue] [--init-seconds 40]``.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def check_status_query(requested: str | None = None, init_seconds: int = 40) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m gbm.pipeline.slurm", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m gbm.jobs.slurm", description=__doc__.splitlines()[0])
     parser.add_argument("--status-command", choices=["sacct", "squeue"], default=None,
                         help="as --slurm-status-command (default: the plugin's: sacct when installed)")
     parser.add_argument("--init-seconds", type=int, default=40,

@@ -58,7 +58,7 @@ def _sampler_method(runs: pd.DataFrame | None, method: str, label: str) -> str:
 def _against_paper(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
     """ΔFID of each changed setting against the paper's setting with the same dataset, sampler and step count:
     the comparisons table's Welch interval over seeds, and its verdict (``too few seeds`` with one seed)."""
-    from gbm.pipeline.comparisons import arm, compare
+    from gbm.reporting.comparisons import arm, compare
 
     def seeds(row) -> pd.DataFrame:
         return runs[(runs["dataset"] == row["dataset"]) & (runs["method"] == row["method"])
@@ -79,10 +79,10 @@ def _against_paper(frame: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
 
 
 def ablation_table(table: pd.DataFrame, settings: dict[str, dict], runs: pd.DataFrame | None = None) -> pd.DataFrame:
-    """Rows of the benchmark table (``gbm.pipeline.tables.benchmark_table``) for GBM settings, with their
+    """Rows of the benchmark table (``gbm.reporting.tables.benchmark_table``) for GBM settings, with their
     choices and changes from the paper's, fewest changes first within dataset, sampler and step count. With
     the per-seed ``runs`` (metrics.csv), each changed setting also gets its ΔFID against the paper's setting
-    of the same sampler (``gbm.pipeline.comparisons``: interval over seeds and samples, verdict)."""
+    of the same sampler (``gbm.reporting.comparisons``: interval over seeds and samples, verdict)."""
     rows = []
     for row in table.to_dict("records"):
         setting = settings.get(f"{row['method']}/{row['sampler']}")

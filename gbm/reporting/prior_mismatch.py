@@ -124,7 +124,7 @@ def write_mismatch(rows: list[dict], out_dir: Path, record: dict | None = None) 
 
 def mismatch_figure(rows: list[dict], png: Path) -> None:
     """Relative mismatch of each GBM prior against sigma^2 T, one panel per dataset; additive priors as lines."""
-    from gbm.pipeline.figures import plt, save
+    from gbm.reporting.figures import plt, save
 
     frame = pd.DataFrame(rows, columns=None if rows else [*COLUMNS, "at_config"])
     datasets = list(dict.fromkeys(frame["dataset"]))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gbm.pipeline.tables import _pick
+from gbm.reporting.tables import pick
 
 WALL_KEYS = ("wall_time_s", "features_s")
 
@@ -26,7 +26,7 @@ def _seconds(path: Path, *prefixes: str) -> float:
         return 0.0
     values = json.loads(path.read_text())
     names = [f"{p}.{k}" if p else k for p in (*prefixes, "") for k in WALL_KEYS]
-    value = _pick(values, *names, default=0.0)
+    value = pick(values, *names, default=0.0)
     return float(value) if isinstance(value, (int, float)) else 0.0
 
 
@@ -56,13 +56,13 @@ def compute_seconds(results: Path) -> dict[str, float]:
     for path in results.glob("*/*/seed*/*/steps*/neighbours.npz"):
         with np.load(path) as archive:
             meta = json.loads(str(archive["meta"])) if "meta" in archive else {}
-        features += float(_pick(meta, "timing.features_s", default=0.0))
+        features += float(pick(meta, "timing.features_s", default=0.0))
     return {"training": train, "sampling": sample, "feature_extraction": features, "metrics": metrics}
 
 
 def _seconds_at(path: Path, key: str) -> float:
     """The number at ``key`` (dotted) in a JSON file; 0 when it is absent."""
-    value = _pick(json.loads(path.read_text()), key, default=0.0)
+    value = pick(json.loads(path.read_text()), key, default=0.0)
     return float(value) if isinstance(value, (int, float)) else 0.0
 
 

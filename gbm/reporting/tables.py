@@ -6,7 +6,7 @@ step count and reports FID and KID as mean ± std over training seeds, with N, N
 the t interval of the seed mean over seeds (``gbm.metrics.seeds``; one seed: that evaluation's own interval
 over its samples), FID_inf (N-debiased FID, ``gbm.metrics.uncertainty``, where N allows it) and the largest share
 of non-finite images (``nonfinite``, non-zero only for ``--allow-nonfinite`` samples). Failed evaluations
-(``gbm.pipeline.failures``) are listed beside the tables, never left out silently.
+(``gbm.reporting.failures``) are listed beside the tables, never left out silently.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from gbm.data.atomic import write_text_atomic
-from gbm.pipeline.table_formats import latex, markdown
+from gbm.reporting.formats import latex, markdown
 
 GROUP = ["dataset", "method", "sampler", "steps"]
 PRIOR_NOTE = ("Prior: the start distribution x_T; for GBM 'iid' is the paper's per-channel log-normal, "
@@ -30,7 +30,7 @@ GUIDANCE_MARK = "†"
 GUIDANCE_NOTE = f"{GUIDANCE_MARK} closed-form kernel discriminator guidance, a reconstruction (SPEC §7), not the authors' recipe."
 
 
-def _pick(values: dict, *names, default=None):
+def pick(values: dict, *names, default=None):
     """The first of ``names`` present in ``values`` (nested keys as ``a.b``)."""
     for name in names:
         node = values
@@ -56,40 +56,40 @@ def evaluation_row(metrics_path: Path) -> dict:
     metrics = json.loads(metrics_path.read_text())
     stats_path = eval_dir / "samples.json"
     stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
-    kid = _pick(metrics, "kid", default=None)
+    kid = pick(metrics, "kid", default=None)
     return {
         "dataset": seed_dir.parent.parent.name,
         "method": seed_dir.parent.name,
         "seed": int(seed_dir.name.removeprefix("seed")),
         "sampler": eval_dir.parent.name,
-        "sampler_method": _pick(stats, "sampler", default=eval_dir.parent.name),
+        "sampler_method": pick(stats, "sampler", default=eval_dir.parent.name),
         "guided": bool(stats.get("guidance")),
         "prior": _prior_label(stats),
-        "grid": _pick(stats, "grid", "options.grid", default=None),
-        "end_time": _pick(stats, "end_time", "options.end_time", default=None),
+        "grid": pick(stats, "grid", "options.grid", default=None),
+        "end_time": pick(stats, "end_time", "options.end_time", default=None),
         "steps": int(eval_dir.name.removeprefix("steps")),
-        "nfe": _pick(stats, "nfe", "meta.nfe"),
-        "n": _pick(metrics, "n_fake", "n", "counts.fake", "num_fake", "n_samples"),
-        "n_reference": _pick(metrics, "n_real", "counts.real", "num_real", "n_reference"),
-        "reference_split": _pick(metrics, "real_split", "reference_split", "split", default="test"),
-        "fid": _pick(metrics, "fid", "FID"),
-        "kid": _pick(metrics, "kid_mean", "kid.mean", "KID") if not isinstance(kid, (int, float)) else kid,
-        "kid_subset_std": _pick(metrics, "kid_std", "kid.std"),
+        "nfe": pick(stats, "nfe", "meta.nfe"),
+        "n": pick(metrics, "n_fake", "n", "counts.fake", "num_fake", "n_samples"),
+        "n_reference": pick(metrics, "n_real", "counts.real", "num_real", "n_reference"),
+        "reference_split": pick(metrics, "real_split", "reference_split", "split", default="test"),
+        "fid": pick(metrics, "fid", "FID"),
+        "kid": pick(metrics, "kid_mean", "kid.mean", "KID") if not isinstance(kid, (int, float)) else kid,
+        "kid_subset_std": pick(metrics, "kid_std", "kid.std"),
         "fid_ci_low": _interval(metrics, "fid_ci")[0],
         "fid_ci_high": _interval(metrics, "fid_ci")[1],
         "kid_ci_low": _interval(metrics, "kid_ci")[0],
         "kid_ci_high": _interval(metrics, "kid_ci")[1],
-        "ci_level": _pick(metrics, "protocol.intervals.level"),
-        "fid_inf": _pick(metrics, "fid_inf"),
-        "precision": _pick(metrics, "precision"),
-        "recall": _pick(metrics, "recall"),
-        "feature_extractor": _pick(metrics, "feature_extractor", "extractor"),
-        "library": _pick(metrics, "library"),
-        "fraction_clamped": _pick(stats, "fraction_clamped"),
-        "fraction_negative": _pick(stats, "fraction_negative"),
-        "nonfinite": _pick(stats, "nonfinite", default=0.0),
-        "sample_wall_s": _pick(stats, "wall_time_s", "wall_time", "wall_s"),
-        "score_wall_s": _pick(metrics, "wall_time_s", "wall_time", "wall_s"),
+        "ci_level": pick(metrics, "protocol.intervals.level"),
+        "fid_inf": pick(metrics, "fid_inf"),
+        "precision": pick(metrics, "precision"),
+        "recall": pick(metrics, "recall"),
+        "feature_extractor": pick(metrics, "feature_extractor", "extractor"),
+        "library": pick(metrics, "library"),
+        "fraction_clamped": pick(stats, "fraction_clamped"),
+        "fraction_negative": pick(stats, "fraction_negative"),
+        "nonfinite": pick(stats, "nonfinite", default=0.0),
+        "sample_wall_s": pick(stats, "wall_time_s", "wall_time", "wall_s"),
+        "score_wall_s": pick(metrics, "wall_time_s", "wall_time", "wall_s"),
         "path": str(eval_dir),
     }
 
@@ -115,7 +115,7 @@ FAILED_COLUMNS = ["dataset", "method", "seed", "sampler", "steps", "stage", "rea
 
 def failed_table(failed: list[tuple[Path, Path]]) -> pd.DataFrame:
     """``failed.csv``: one row per failed evaluation ``(eval_dir, sample log)``, the reason read from its log."""
-    from gbm.pipeline.failures import failed_row, sampling_failure
+    from gbm.reporting.failures import failed_row, sampling_failure
 
     rows = [failed_row(eval_dir, sampling_failure(log)) for eval_dir, log in failed]
     return pd.DataFrame(rows, columns=FAILED_COLUMNS)
@@ -175,16 +175,16 @@ def floor_table(floor_paths: list[Path]) -> pd.DataFrame:
         path = Path(path)
         values = json.loads(path.read_text())
         rows.append({
-            "dataset": _pick(values, "dataset", "name", default=path.parent.name),
-            "split": _pick(values, "split", "fake_split", default="train"),
-            "reference_split": _pick(values, "reference_split", "real_split", default="test"),
-            "n": _pick(values, "n", "n_fake", "counts.fake"),
-            "fid": _pick(values, "fid", "FID"),
-            "kid": _pick(values, "kid_mean", "kid.mean"),
-            "kid_subset_std": _pick(values, "kid_std", "kid.std"),
+            "dataset": pick(values, "dataset", "name", default=path.parent.name),
+            "split": pick(values, "split", "fake_split", default="train"),
+            "reference_split": pick(values, "reference_split", "real_split", default="test"),
+            "n": pick(values, "n", "n_fake", "counts.fake"),
+            "fid": pick(values, "fid", "FID"),
+            "kid": pick(values, "kid_mean", "kid.mean"),
+            "kid_subset_std": pick(values, "kid_std", "kid.std"),
             "fid_ci_low": _interval(values, "fid_ci")[0],
             "fid_ci_high": _interval(values, "fid_ci")[1],
-            "fid_inf": _pick(values, "fid_inf"),
+            "fid_inf": pick(values, "fid_inf"),
         })
     return pd.DataFrame(rows)
 
@@ -244,10 +244,10 @@ def _floor_display(floor: pd.DataFrame) -> pd.DataFrame:
 def write_tables(runs: pd.DataFrame, floor: pd.DataFrame, out_dir: Path, name: str,
                  failed: pd.DataFrame | None = None, gbm_settings: dict | None = None) -> list[Path]:
     """benchmark.{csv,md,tex} and floor.{csv,md,tex} under ``out_dir``, and with ``gbm_settings``
-    (``gbm.pipeline.ablation.gbm_settings``) the GBM ablation table ablation.{csv,md}; returns the paths written.
+    (``gbm.reporting.ablation.gbm_settings``) the GBM ablation table ablation.{csv,md}; returns the paths written.
 
     ``failed`` (``failed.csv``): evaluations without metrics, named under the Markdown table and in the caption."""
-    from gbm.pipeline.ablation import ablation_display, ablation_table
+    from gbm.reporting.ablation import ablation_display, ablation_table
 
     out_dir = Path(out_dir)
     table = benchmark_table(runs)

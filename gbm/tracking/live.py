@@ -2,7 +2,7 @@
 
 ``TrainingTracker`` is the observer ``gbm.training.train`` calls for each logged step. The call only
 appends to a queue; a background thread writes batches (``log_batch``) every ``interval`` seconds under
-the store's writers' lock (``gbm.pipeline.tracking.uri_lock``), retrying while SQLite is busy. Nothing
+the store's writers' lock (``gbm.tracking.mirror.uri_lock``), retrying while SQLite is busy. Nothing
 here can fail training: the first error is reported on stderr, logging stops, training goes on (and
 ``gbm mlflow-sync`` later fills any gap from ``loss.csv`` and ``train_log.csv``, which ``train`` writes
 before it hands a step here: a job killed before a batch reached the store loses no point).
@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from gbm.data.atomic import write_text_atomic
-from gbm.pipeline.tracking import LIVE_RUN_FILE, _flatten, _retry, open_experiment, uri_lock
+from gbm.tracking.mirror import LIVE_RUN_FILE, flatten_params, retry_locked, open_experiment, uri_lock
 
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 LOSS, LEARNING_RATE, THROUGHPUT = "train_loss", "learning_rate", "images_per_s"
@@ -129,29 +129,29 @@ class TrainingTracker:
         run = None
         if previous.get("run_id"):
             try:
-                run = _retry(lambda: self.client.get_run(previous["run_id"]))
+                run = retry_locked(lambda: self.client.get_run(previous["run_id"]))
             except Exception:  # noqa: BLE001 - not in this store: start a new run
                 run = None
             if run is not None and (run.info.experiment_id != experiment_id or run.info.lifecycle_stage != "active"):
                 run = None
         if run is not None:
             self.run_id = run.info.run_id
-            _retry(lambda: self.client.update_run(self.run_id, status="RUNNING"))
+            retry_locked(lambda: self.client.update_run(self.run_id, status="RUNNING"))
             for key in CURVES:
-                self.logged[key] = {m.step for m in _retry(lambda: self.client.get_metric_history(self.run_id, key))}
+                self.logged[key] = {m.step for m in retry_locked(lambda: self.client.get_metric_history(self.run_id, key))}
             self.sessions = previous.get("sessions", [])
             self.first_start = previous.get("started_at", self.started_at)
         else:
             name, tags = run_identity(self.run_dir, self.config)
             tags |= {"config": self.experiment, "mlflow.source.name": "gbm train"}
-            run = _retry(lambda: self.client.create_run(experiment_id, start_time=int(self.started_at * 1000),
+            run = retry_locked(lambda: self.client.create_run(experiment_id, start_time=int(self.started_at * 1000),
                                                         run_name=name, tags=tags))
             self.run_id = run.info.run_id
             params: dict = {}
-            _flatten("", self.config, params)
+            flatten_params("", self.config, params)
             params = [Param(k, str(v)[:500]) for k, v in params.items()]
             for i in range(0, len(params), 100):
-                _retry(lambda: self.client.log_batch(self.run_id, params=params[i:i + 100]))
+                retry_locked(lambda: self.client.log_batch(self.run_id, params=params[i:i + 100]))
             self.sessions, self.first_start = [], self.started_at
         self._write_link(status="RUNNING", ended_at=None)
 
@@ -174,7 +174,7 @@ class TrainingTracker:
             return
         with uri_lock(self.uri, self.lock_timeout):
             for i in range(0, len(metrics), 1000):
-                _retry(lambda: self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000]))
+                retry_locked(lambda: self.client.log_batch(self.run_id, metrics=metrics[i:i + 1000]))
         for metric in metrics:
             self.logged[metric.key].add(metric.step)
 
@@ -184,9 +184,9 @@ class TrainingTracker:
         ended_at = time.time()
         wall = ended_at - self.started_at
         with uri_lock(self.uri, self.lock_timeout):
-            _retry(lambda: self.client.log_batch(self.run_id, metrics=[
+            retry_locked(lambda: self.client.log_batch(self.run_id, metrics=[
                 Metric("job_wall_time_s", wall, int(ended_at * 1000), len(self.sessions))]))
-            _retry(lambda: self.client.set_terminated(self.run_id, self._status, end_time=int(ended_at * 1000)))
+            retry_locked(lambda: self.client.set_terminated(self.run_id, self._status, end_time=int(ended_at * 1000)))
         self._write_link(status=self._status, ended_at=ended_at)
 
 

@@ -6,7 +6,7 @@ Layout read (written by ``gbm train``, ``gbm sample`` and ``gbm score`` through 
     results/{dataset}/{method}/seed{seed}/{sampler}/steps{K}/   samples.json, metrics.json, samples.npz
 
 Each training run is one MLflow run (tags ``kind=training``; params from its resolved config; the loss
-curve; artifacts): the run ``gbm train`` logged live (``gbm.pipeline.live_tracking``) is adopted and
+curve; artifacts): the run ``gbm train`` logged live (``gbm.tracking.live``) is adopted and
 completed, or, when the store does not hold it, created with the job's recorded start and end. Each
 evaluated sampler is a child run (tags ``kind=evaluation``, ``sampler``, ``steps``, ``row``; FID, KID and
 any intervals, NFE, wall times; ``metrics.json`` and a sample grid) spanning its sampling and scoring
@@ -56,7 +56,7 @@ from gbm.pipeline.config import RESOLVED_CONFIG_NAME
 STORE_NAME = "mlflow.db"
 ARTIFACTS_NAME = "mlartifacts"
 MAX_CURVE_POINTS = 2000
-LIVE_RUN_FILE = "mlflow_run.json"  # in a run directory: the live run `gbm train` logged (gbm.pipeline.live_tracking)
+LIVE_RUN_FILE = "mlflow_run.json"  # in a run directory: the live run `gbm train` logged (gbm.tracking.live)
 TRAIN_LOG_NAME = "train_log.csv"  # in a run directory: step,learning_rate,images_per_s (gbm.training.STEP_LOG_NAME)
 #: Each training curve: the run-directory file and column it is read from.
 CURVES = {"train_loss": ("loss.csv", "loss"), "learning_rate": (TRAIN_LOG_NAME, "learning_rate"),
@@ -115,11 +115,11 @@ def open_experiment(client, uri: str, name: str) -> str:
     server's ``--artifacts-destination`` (``results/mlartifacts``), so moving ``results/`` keeps every
     artifact readable. A tracking server chooses the location itself.
     """
-    found = _retry(lambda: client.get_experiment_by_name(name))
+    found = retry_locked(lambda: client.get_experiment_by_name(name))
     if found is None:
         location = f"{ARTIFACTS_SCHEME}{re.sub(r'[^A-Za-z0-9._-]', '_', name)}" if sqlite_store(uri) else None
         try:
-            experiment_id = _retry(lambda: client.create_experiment(name, artifact_location=location))
+            experiment_id = retry_locked(lambda: client.create_experiment(name, artifact_location=location))
         except Exception:  # noqa: BLE001 - another job created it first (a server takes no lock of ours)
             found = client.get_experiment_by_name(name)
             if found is None:
@@ -129,7 +129,7 @@ def open_experiment(client, uri: str, name: str) -> str:
     wanted = {EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND, f"{VIEW_TAG}training": json.dumps(TRAINING_VIEW)}
     for key, value in wanted.items():
         if found is None or found.tags.get(key) != value:
-            _retry(lambda: client.set_experiment_tag(experiment_id, key, value))
+            retry_locked(lambda: client.set_experiment_tag(experiment_id, key, value))
     return experiment_id
 
 
@@ -163,7 +163,7 @@ def stored_artifacts(client, uri: str, run) -> dict[str, str]:
                 for p in sorted(folder.rglob("*")) if p.is_file()}
     found: dict[str, str] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        for entry in _retry(lambda: client.list_artifacts(run.info.run_id)):
+        for entry in retry_locked(lambda: client.list_artifacts(run.info.run_id)):
             if not entry.is_dir:
                 local = client.download_artifacts(run.info.run_id, entry.path, tmp)
                 found[entry.path] = hashlib.sha256(Path(local).read_bytes()).hexdigest()
@@ -210,10 +210,10 @@ class SyncSummary:
                 "repaired": self.repaired, "failed": self.failed}
 
 
-def _flatten(prefix: str, value, out: dict) -> None:
+def flatten_params(prefix: str, value, out: dict) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
-            _flatten(f"{prefix}.{key}" if prefix else str(key), item, out)
+            flatten_params(f"{prefix}.{key}" if prefix else str(key), item, out)
     elif re.search(r"(^|[._])(ci|interval)$", prefix) and isinstance(value, (list, tuple)) and len(value) == 2:
         out[f"{prefix}.low"], out[f"{prefix}.high"] = value  # an interval, e.g. fid_ci: [low, high]
     else:
@@ -274,10 +274,10 @@ def training_record(seed_dir: Path, config_name: str) -> Record:
     params: dict = {}
     config_path = run_dir / "config.yaml"
     if config_path.is_file():
-        _flatten("", yaml.safe_load(config_path.read_text()) or {}, params)
+        flatten_params("", yaml.safe_load(config_path.read_text()) or {}, params)
     params = {k: str(v)[:500] for k, v in params.items()}
     flat: dict = {}
-    _flatten("", _read_json(run_dir / "train_metrics.json"), flat)
+    flatten_params("", _read_json(run_dir / "train_metrics.json"), flat)
     live = _read_json(run_dir / LIVE_RUN_FILE)
     files = [run_dir / name for name in ("config.yaml", "environment.json", "train_metrics.json", "loss.csv",
                                          TRAIN_LOG_NAME)]
@@ -303,9 +303,9 @@ def evaluation_record(eval_dir: Path, parent: Record, config_name: str) -> Recor
     scores, stats = _read_json(eval_dir / "metrics.json"), _read_json(eval_dir / "samples.json")
     sample_job, score_job = stats.pop("job", None) or {}, scores.pop("job", None) or {}
     flat: dict = {}
-    _flatten("", scores, flat)
+    flatten_params("", scores, flat)
     sample_stats: dict = {}
-    _flatten("", stats, sample_stats)
+    flatten_params("", stats, sample_stats)
     tags["prior"] = str(stats.get("prior", "n/a"))  # the start distribution x_T (gbm sample --prior)
     metrics = _numeric(flat)
     metrics.update({f"sample.{k}": v for k, v in _numeric(sample_stats).items()})
@@ -374,7 +374,7 @@ def uri_lock(uri: str, timeout: float = 600.0) -> Iterator[None]:
         yield
 
 
-def _retry(action, attempts: int = 8, first_wait: float = 0.25):
+def retry_locked(action, attempts: int = 8, first_wait: float = 0.25):
     for attempt in range(attempts):
         try:
             return action()
@@ -431,7 +431,7 @@ class Mirror:
         query = f"tags.`gbm.key` LIKE '{key_prefix}%'" if key_prefix else ""
         runs, token = [], None
         while True:
-            page = _retry(lambda: self.client.search_runs([self.experiment_id], filter_string=query,
+            page = retry_locked(lambda: self.client.search_runs([self.experiment_id], filter_string=query,
                                                           max_results=1000, page_token=token))
             runs.extend(page)
             token = page.token
@@ -439,18 +439,18 @@ class Mirror:
                 return runs
 
     def set_evaluation_view(self, metric_keys: set, param_keys: set) -> None:
-        experiment = _retry(lambda: self.client.get_experiment(self.experiment_id))
+        experiment = retry_locked(lambda: self.client.get_experiment(self.experiment_id))
         previous = json.loads(experiment.tags.get(f"{VIEW_TAG}evaluations", "{}"))
         view = json.dumps(evaluation_view(metric_keys, param_keys, previous))
         if experiment.tags.get(f"{VIEW_TAG}evaluations") != view:
-            _retry(lambda: self.client.set_experiment_tag(self.experiment_id, f"{VIEW_TAG}evaluations", view))
+            retry_locked(lambda: self.client.set_experiment_tag(self.experiment_id, f"{VIEW_TAG}evaluations", view))
 
     def live_run(self, record: Record):
         """The run ``gbm train`` logged for this record, when it is in this store and experiment."""
         if record.linked_run is None:
             return None
         try:
-            run = _retry(lambda: self.client.get_run(record.linked_run))
+            run = retry_locked(lambda: self.client.get_run(record.linked_run))
         except Exception:  # noqa: BLE001 - not in this store (e.g. a store rebuilt from results/)
             return None
         if run.info.experiment_id != self.experiment_id or run.info.lifecycle_stage != "active":
@@ -462,9 +462,9 @@ class Mirror:
 
         params = [Param(k, v) for k, v in params.items()]
         for i in range(0, len(params), 100):  # MLflow's log_batch limits: 100 params, 1000 metrics
-            _retry(lambda: self.client.log_batch(run_id, params=params[i:i + 100]))
+            retry_locked(lambda: self.client.log_batch(run_id, params=params[i:i + 100]))
         for i in range(0, len(metrics), 1000):
-            _retry(lambda: self.client.log_batch(run_id, metrics=metrics[i:i + 1000]))
+            retry_locked(lambda: self.client.log_batch(run_id, metrics=metrics[i:i + 1000]))
 
     def complete_artifacts(self, run, payloads: dict[str, bytes]) -> list[str]:
         """Make ``run``'s stored artifacts exactly ``payloads``: write those missing or different (by SHA-256)
@@ -492,7 +492,7 @@ class Mirror:
         for name, points in record.curves.items():
             if not points:
                 continue
-            logged = {m.step for m in _retry(lambda: self.client.get_metric_history(run_id, name))}
+            logged = {m.step for m in retry_locked(lambda: self.client.get_metric_history(run_id, name))}
             metrics += [Metric(name, v, end, s) for s, v in points if s not in logged]
         return metrics
 
@@ -502,12 +502,12 @@ class Mirror:
         from mlflow.entities import RunTag
 
         run_id, end = run.info.run_id, record.end_ms or int(time.time() * 1000)
-        _retry(lambda: self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
+        retry_locked(lambda: self.client.log_batch(run_id, tags=[RunTag(k, v) for k, v in tags.items()]))
         self._log(run_id, {k: v for k, v in record.params.items() if k not in run.data.params},
                   self._missing_points(run, record, end))
         self.complete_artifacts(run, payloads)
         if run.info.status == "RUNNING":  # its job ended without closing it, yet its files are complete
-            _retry(lambda: self.client.set_terminated(run_id, "FINISHED", end_time=end))
+            retry_locked(lambda: self.client.set_terminated(run_id, "FINISHED", end_time=end))
 
     def write(self, record: Record, existing: dict, summary: SyncSummary, parent_id: str | None = None) -> str:
         """Mirror ``record`` (and its children); its ``gbm.digest`` tag is written last, once all else is stored."""
@@ -520,7 +520,7 @@ class Mirror:
         keep = [live] if live is not None else [r for r in old if r.data.tags.get(DIGEST_TAG) == digest][:1]
         for run in old:
             if not keep or run.info.run_id != keep[0].info.run_id:
-                _retry(lambda: self.client.delete_run(run.info.run_id))
+                retry_locked(lambda: self.client.delete_run(run.info.run_id))
                 summary.deleted += 1
         tags = dict(record.tags, **{KEY_TAG: record.key})
         if parent_id:
@@ -539,7 +539,7 @@ class Mirror:
                 run_id = live.info.run_id
             else:
                 now = int(time.time() * 1000)
-                run = _retry(lambda: self.client.create_run(self.experiment_id, start_time=record.start_ms or now,
+                run = retry_locked(lambda: self.client.create_run(self.experiment_id, start_time=record.start_ms or now,
                                                             run_name=record.name, tags=tags))
                 run_id, end = run.info.run_id, record.end_ms or now
                 metrics = [Metric(k, v, end, 0) for k, v in record.metrics.items()]
@@ -547,9 +547,9 @@ class Mirror:
                             for step, value in thinned(points)]
                 self._log(run_id, record.params, metrics)
                 self.complete_artifacts(run, payloads)
-                _retry(lambda: self.client.set_terminated(run_id, "FINISHED", end_time=end))
+                retry_locked(lambda: self.client.set_terminated(run_id, "FINISHED", end_time=end))
                 summary.created += 1
-            _retry(lambda: self.client.set_tag(run_id, DIGEST_TAG, digest))  # the record is complete
+            retry_locked(lambda: self.client.set_tag(run_id, DIGEST_TAG, digest))  # the record is complete
         for child in record.children:
             self.write(child, existing, summary, parent_id=run_id)
         return run_id
@@ -587,7 +587,7 @@ def sync(results_dir: str | Path, experiment: str, seed_dirs: list[Path] | None 
                 for key, runs in existing.items():
                     if key not in wanted:
                         for run in runs:
-                            _retry(lambda: mirror.client.delete_run(run.info.run_id))
+                            retry_locked(lambda: mirror.client.delete_run(run.info.run_id))
                             summary.deleted += 1
     except Exception as error:  # noqa: BLE001 - MLflow never fails a job
         summary.failed.append(f"store: {type(error).__name__}: {error}")

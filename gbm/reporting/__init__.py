@@ -1,0 +1,1 @@
+"""Reporting: the benchmark's tables, seed comparisons, ablation, figures and timing, read from ``results/``."""
