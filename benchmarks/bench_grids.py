@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -23,7 +24,9 @@ from gbm.methods.gbm import GBM, MDSMLoss
 from gbm.methods.gbm_loss_weights import WEIGHTINGS
 from gbm.runs import environment_record
 from gbm.sampling import sample
-from gbm.toy import GaussianMixture, LogNormalMixture
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from toy_distributions import GaussianMixture, LogNormalMixture  # noqa: E402  (test helpers: exact scores)
 
 F64 = torch.float64
 

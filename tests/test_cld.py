@@ -9,7 +9,7 @@ from gbm.methods import get_method, make_sde
 from gbm.methods.cld import CLD, HSMLoss
 from gbm.methods.gbm import GBM
 from gbm.sampling import sample
-from gbm.toy import GaussianMixture, mixture_velocity_score, sliced_wasserstein
+from toy_distributions import GaussianMixture, mixture_velocity_score, sliced_wasserstein
 
 
 def _lyapunov_moments(sde: CLD, times):

@@ -11,7 +11,7 @@ from gbm.methods.additive import SubVPSDE, VESDE, VPSDE
 from gbm.methods.cld import CLD
 from gbm.methods.gbm import GBM
 from gbm.sampling import sample
-from gbm.toy import GaussianMixture, LogNormalMixture
+from toy_distributions import GaussianMixture, LogNormalMixture
 
 F64 = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -121,7 +121,7 @@ def test_exact_score_additive_and_cld_samplers_converge_under_each_grid(sde, met
     def error(steps: int) -> float:
         g = torch.Generator().manual_seed(0)
         if sde.name == "cld":
-            from gbm.toy import mixture_velocity_score
+            from toy_distributions import mixture_velocity_score
 
             x0, _ = mixture.sample(2000, g)
             u_T = sde.prior_sample((2000, 2 * dim), noise=torch.randn(2000, 2 * dim, generator=g, dtype=F64))

@@ -18,7 +18,7 @@ from gbm.sampling import sample
 from gbm.seeding import PerSampleGenerator
 from gbm.methods.additive import VPSDE
 from gbm.methods.gbm import GBM
-from gbm.toy import GaussianMixture, LogNormalMixture, mixture_velocity_score
+from toy_distributions import GaussianMixture, LogNormalMixture, mixture_velocity_score
 
 D64 = torch.float64
 

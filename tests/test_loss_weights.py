@@ -9,7 +9,7 @@ import torch
 from gbm.methods import get_method
 from gbm.methods.gbm import GBM, MDSMLoss, MESMLoss
 from gbm.methods.gbm_loss_weights import WEIGHTINGS
-from gbm.toy import GaussianMixture, LogNormalMixture
+from toy_distributions import GaussianMixture, LogNormalMixture
 
 F64 = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -9,7 +9,7 @@ from scipy.integrate import solve_ivp
 from gbm.methods.additive import VESDE, VPSDE
 from gbm.ode import solve_per_sample
 from gbm.sampling import sample
-from gbm.toy import GaussianMixture
+from toy_distributions import GaussianMixture
 
 F64 = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")

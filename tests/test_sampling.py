@@ -9,7 +9,7 @@ from gbm.sampling import sample
 from gbm.methods.additive import VESDE, VPSDE
 from gbm.methods.gbm import GBM
 from gbm.seeding import PerSampleGenerator
-from gbm.toy import GaussianMixture, LogNormalMixture
+from toy_distributions import GaussianMixture, LogNormalMixture
 
 F64 = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")

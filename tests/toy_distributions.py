@@ -2,7 +2,7 @@
 
 ``LogNormalMixture`` diffused by GBM and ``GaussianMixture`` diffused by an additive SDE or by CLD stay
 mixtures of the same family with closed-form parameters, so their exact scores at every ``t`` are known.
-Test helpers only: nothing in the package imports this module.
+Test helpers (tests import them as ``from toy_distributions import ...``; ``benchmarks/bench_grids.py`` too).
 """
 
 from __future__ import annotations
