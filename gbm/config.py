@@ -55,10 +55,18 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class SDEConfig:
-    """``name`` plus the SDE's own parameters (e.g. ``sigma`` for GBM, ``beta_max`` for VP)."""
+    """``name`` (a registered method; none given: ``gbm.methods.DEFAULT_METHOD``) plus the SDE's own parameters
+    (e.g. ``sigma`` for GBM, ``beta_max`` for VP)."""
 
-    name: str = "gbm"
+    name: str = field(default_factory=lambda: default_method())
     params: dict = field(default_factory=dict)
+
+
+def default_method() -> str:
+    """The method a training config without ``sde.name`` trains (the registry's default)."""
+    from gbm.methods import DEFAULT_METHOD
+
+    return DEFAULT_METHOD
 
 
 @dataclass(frozen=True)
@@ -202,7 +210,7 @@ def config_from_dict(raw: dict) -> Config:
     if "data" not in raw:
         raise ValueError("data: missing; give data.path (a prepared .npz) or data.toy")
     sde_raw = dict(raw.get("sde") or {})
-    sde_name = _coerce(sde_raw.pop("name", "gbm"), str, "sde.name")
+    sde_name = _coerce(sde_raw.pop("name") if "name" in sde_raw else default_method(), str, "sde.name")
     loss = _coerce(raw.get("loss") or {}, dict, "loss")
     return Config(
         data=_build(DataConfig, raw["data"], "data"),

@@ -73,7 +73,8 @@ def test_sign_agnostic_practical_variant_records_options_and_negative_fraction(t
     main(["train", str(config_file), "--out", str(run), "--device", "cpu", "--no-progress"])
     out = tmp_path / "s.npz"
     assert main(["sample", str(run), "--sampler", "sign-agnostic", "--steps", "3", "--n", "2", "--out", str(out),
-                 "--delta", "1e-3", "--inner-steps", "2", "--gamma", "0.99", "--device", "cpu", "--no-progress"]) == 0
+                 "--option", "delta=1e-3", "--option", "inner_steps=2", "--option", "gamma=0.99", "--device", "cpu",
+                 "--no-progress"]) == 0
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["options"] == {"delta": 1e-3, "inner_steps": 2, "gamma": 0.99}
     assert meta["nfe"] == 6 and meta["fraction_negative"] is not None

@@ -142,4 +142,4 @@ def test_report_over_the_same_metrics_writes_identical_tables(tmp_path):
         written = write_tables(runs, floor_table([floor]), tmp_path / attempt, "test")
         written += write_comparisons(comparisons_table(runs, {"method": "vp", "sampler": "em"}), tmp_path / attempt, "test")
         outputs.append({p.name: p.read_bytes() for p in written})
-    assert outputs[0] == outputs[1] and len(outputs[0]) == 9
+    assert outputs[0] == outputs[1] and len(outputs[0]) == 11  # benchmark, floor, ablation, comparisons

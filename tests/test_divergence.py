@@ -179,7 +179,7 @@ def test_sample_reports_the_first_non_finite_call_its_time_and_the_share_of_imag
 
 def test_gbm_delta_far_above_the_level_spacing_is_refused_before_sampling(runs, tmp_path, capsys):
     out = tmp_path / "samples.npz"
-    assert _sample(runs("gbm"), out, "--delta", "50", sampler="dale-langevin", steps=5) == 2
+    assert _sample(runs("gbm"), out, "--option", "delta=50", sampler="dale-langevin", steps=5) == 2
     error = capsys.readouterr().err
     assert "delta: 50 is far above the level spacing T/steps = 0.2" in error
     assert not out.exists()

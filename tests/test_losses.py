@@ -8,7 +8,7 @@ import torch
 from gbm.methods import get_method
 from gbm.methods.additive import DSMLoss, VESDE, VPSDE
 from gbm.methods.gbm import GBM, MDSMLoss, MESMLoss
-from gbm.toy import GaussianMixture, LogNormalMixture
+from toy_distributions import GaussianMixture, LogNormalMixture
 
 F64 = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -90,6 +90,69 @@ def test_only_the_registry_and_tests_import_a_method_module_below_it():
         assert not {m for m in graph[module] if m.startswith("gbm.methods")} - {"gbm.methods.base"}, module
 
 
+#: String constants equal to a built-in method's name that mean something else, by module: (its source line
+#: must contain this, what the string is).
+NOT_A_METHOD = {
+    "gbm.cli": [('prog="gbm"', "the program's name")],
+    "gbm.runs": [('"gbm": gbm.__version__', "the package's version")],
+    "gbm.jobs.warm.launch": [('shutil.which("gbm")', "the console script"),
+                             ('"-m", "gbm"', "the package run as a module")],
+    "gbm.metrics.weights": [('"beta": "bn.bias"', "a batch-norm parameter of the Inception weights"),
+                            ('parts[-1] == "beta"', "the same parameter's name")],
+}
+
+
+def layers_above_methods(graph: dict[str, set[str]]) -> list[str]:
+    """Every ``gbm`` module outside ``gbm.methods`` that no method module builds on (the pipeline, reporting,
+    tracking, jobs, commands, metrics, training, ...): the layers that must ask the registry, not a method."""
+    below = set()
+    pending = [m for m in graph if m == "gbm.methods" or m.startswith("gbm.methods.")]
+    while pending:
+        for imported in graph[pending.pop()]:
+            if imported not in below:
+                below.add(imported)
+                pending.append(imported)
+    return sorted(m for m in graph if not (m == "gbm.methods" or m.startswith("gbm.methods.")) and m not in below
+                  and m != "gbm")
+
+
+def method_mentions(module: str, source: str, names: set[str]) -> list[str]:
+    """The source lines of ``module`` with a string constant equal to one of ``names`` (a method named by
+    string: ``!= "gbm"``, ``{"vp": ...}``), less those ``NOT_A_METHOD`` lists."""
+    lines = source.splitlines()
+    allowed = [snippet for snippet, _ in NOT_A_METHOD.get(module, [])]
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Constant) and node.value in names:
+            line = lines[node.lineno - 1].strip()
+            if not any(snippet in line for snippet in allowed):
+                found.append(f"{module}:{node.lineno}: {line}")
+    return found
+
+
+def test_no_layer_above_the_methods_imports_a_method_module_or_names_a_method():
+    """Above gbm/methods/ only the registry (gbm.methods, gbm.methods.base) is imported, and no built-in method
+    is named by a string: what the pipeline needs of a method it asks through the hooks on Method."""
+    graph = import_graph()
+    above = layers_above_methods(graph)
+    assert {"gbm.pipeline.config", "gbm.pipeline.layout", "gbm.reporting.ablation", "gbm.reporting.figures",
+            "gbm.reporting.prior_mismatch", "gbm.commands.sample", "gbm.commands.report", "gbm.tracking.mirror",
+            "gbm.jobs.slurm", "gbm.metrics.scoring", "gbm.training", "gbm.config", "gbm.cli"} <= set(above)
+    registry = {"gbm.methods", "gbm.methods.base"}
+    imports = {m: sorted(i for i in graph[m] if i.startswith("gbm.methods.") and i not in registry) for m in above}
+    assert not {m: i for m, i in imports.items() if i}, "a layer above the methods imports a method module"
+    names = set(registered())
+    modules = {_module_name(p): p for p in PACKAGE.rglob("*.py")}
+    mentions = [line for m in above for line in method_mentions(m, modules[m].read_text(), names)]
+    assert not mentions, "a layer above the methods names a method:\n" + "\n".join(mentions)
+
+
+def test_the_method_name_check_finds_a_comparison_and_a_key_but_not_a_docstring():
+    source = '"""The gbm ablation."""\nif spec.get("method") != "gbm":\n    x = {"vp": 1}\ny = "gbm-tuned"\n'
+    assert method_mentions("gbm.reporting.example", source, {"gbm", "vp"}) == [
+        'gbm.reporting.example:2: if spec.get("method") != "gbm":', 'gbm.reporting.example:3: x = {"vp": 1}']
+
+
 def test_every_builtin_method_is_registered_with_its_samplers_and_data_space():
     methods = registered()
     assert {"gbm", "vp", "subvp", "ve", "cld"} <= set(methods)

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from gbm.jobs import devices
-from gbm.pipeline.config import ConfigError, check_config, evaluations, load_config, training_overrides
+from gbm.pipeline.config import ConfigError, check_config, evaluations, load_config, training_config
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -75,7 +75,7 @@ def test_guided_paper_rows_pass_the_guidance_and_the_train_split_bank_to_gbm_sam
                                       str(REPO / "config" / "paper.yaml")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr + out.stdout
     command = next(line for line in out.stdout.splitlines() if "gbm sample" in line)
-    assert "--sampler dale-langevin" in command and "--delta 0.000616545" in command
+    assert "--sampler dale-langevin" in command and "--option delta=0.000616545" in command
     assert "--guidance-data results/data/mnist.npz:train" in command
     assert "--guidance weight=0.1" in command and "--guidance repel=false" in command
     assert "--guidance normalise=true" in command
@@ -156,15 +156,30 @@ def test_bad_config_stops_snakemake_before_any_job(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def test_training_overrides_keep_the_backbone_and_budget_equal_across_methods():
+def test_training_configs_keep_the_backbone_and_budget_equal_across_methods():
     config = load_config(REPO / "config" / "config.yaml")
-    gbm = {o for o in training_overrides(config, "mnist", "gbm", 0) if not o.startswith("sde.")}
-    vp = {o for o in training_overrides(config, "mnist", "vp", 0) if not o.startswith("sde.")}
-    assert gbm == vp
-    tuned = {o for o in training_overrides(config, "mnist", "gbm-tuned", 0) if not o.startswith(("sde.", "loss"))}
-    assert tuned == {o for o in vp if o != "loss={}"}  # the tuned GBM variant differs in its loss only
-    assert "loss.weighting=uniform-eps" in training_overrides(config, "mnist", "gbm-tuned", 0)
-    assert len({e.run_dir for e in evaluations(config)}) == 6  # 1 dataset (MNIST) x 3 method entries x 2 seeds
+    gbm, vp, tuned = (training_config(config, "mnist", entry, 0) for entry in ("gbm", "vp", "gbm-tuned"))
+    assert {k: v for k, v in gbm.items() if k != "sde"} == {k: v for k, v in vp.items() if k != "sde"}
+    without_loss = lambda c: {k: v for k, v in c.items() if k != "loss"}  # noqa: E731
+    assert without_loss(tuned) == without_loss(gbm)  # the tuned GBM variant differs in its loss only
+    assert tuned["loss"] == {"weighting": "uniform-eps"}
+    assert len({e.run for e in evaluations(config)}) == 6  # 1 dataset (MNIST) x 3 method entries x 2 seeds
+
+
+def test_train_jobs_pass_the_whole_training_config_as_json_without_a_base_file(tmp_path):
+    import json
+    import shlex
+
+    target = "results/mnist/gbm-tuned/seed1/run/model.pt"
+    out = subprocess.run(SNAKEMAKE + ["-n", "-p", "--directory", str(tmp_path), target], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stderr + out.stdout
+    command = shlex.split(next(line for line in out.stdout.splitlines() if "gbm train" in line))
+    train = command[command.index("train"):]
+    assert train[1] == "--json" and train[3:5] == ["--out", "results/mnist/gbm-tuned/seed1/run"]
+    assert json.loads(train[2]) == training_config(load_config(REPO / "config" / "config.yaml"), "mnist",
+                                                   "gbm-tuned", 1)
+    assert not (REPO / "workflow" / "resources" / "train-base.yaml").exists()
 
 
 # --- GPU slots ------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from gbm.runs import RunDir, load_model
 from gbm.sampling import sample
 from gbm.data.toy import two_spirals
 from gbm.methods.gbm import GBM
-from gbm.toy import sliced_wasserstein
+from toy_distributions import sliced_wasserstein
 from gbm.training import TrainingDiverged, prepare, train
 
 

@@ -35,10 +35,8 @@ def _tables(args) -> int:
     from gbm.reporting.tables import floor_table, write_tables
 
     runs = pd.read_csv(args.metrics)
-    settings = json.loads(args.gbm_settings) if args.gbm_settings else None
     failed = pd.read_csv(args.failed) if args.failed else None
-    written = write_tables(runs, floor_table([Path(p) for p in args.floor]), Path(args.out_dir), args.name, failed,
-                           settings)
+    written = write_tables(runs, floor_table([Path(p) for p in args.floor]), Path(args.out_dir), args.name, failed)
     print("\n".join(str(p) for p in written))
     return 0
 
@@ -79,17 +77,18 @@ def _neighbours(args) -> int:
 
 
 def _forward(args) -> int:
-    from gbm.reporting.figures import forward_histograms
+    from gbm.reporting.figures import method_figures
 
-    for data, png in _pairs(args.data, args.out, "data"):
-        forward_histograms(data, png, times=args.times, images=args.images)
+    outputs = [(png, {"data_npz": data, "times": args.times, "images": args.images})
+               for data, png in _pairs(args.data, args.out, "data")]
+    method_figures(args.method, "forward", outputs)
     return 0
 
 
 def _toy(args) -> int:
-    from gbm.reporting.figures import toy_figure
+    from gbm.reporting.figures import method_figures
 
-    toy_figure(Path(args.out), paths=args.paths)
+    method_figures(args.method, "toy", [(Path(args.out), {"paths": args.paths})])
     return 0
 
 
@@ -180,13 +179,11 @@ def add_parser(subparsers) -> None:
     p.add_argument("--failed-out", help="failed.csv listing the --failed evaluations (written even when empty)")
     p.set_defaults(func=_aggregate)
 
-    p = steps.add_parser("tables", help="benchmark and floor tables as CSV, Markdown and LaTeX")
-    p.add_argument("--metrics", required=True, help="the aggregated CSV")
+    p = steps.add_parser("tables", help="benchmark, floor and ablation tables as CSV, Markdown and LaTeX")
+    p.add_argument("--metrics", required=True, help="the aggregated CSV (its settings columns give the ablation)")
     p.add_argument("--floor", nargs="+", required=True, help="floor.json files from `gbm floor`")
     p.add_argument("--name", required=True, help="benchmark name for the captions")
     p.add_argument("--failed", help="failed.csv from `gbm report aggregate`: listed under the table")
-    p.add_argument("--gbm-settings", help="JSON of each GBM entry/sampler's setting (gbm.reporting.ablation."
-                                          "gbm_settings): also write the ablation table")
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=_tables)
 
@@ -213,14 +210,16 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", nargs="+", required=True)
     p.set_defaults(func=_neighbours)
 
-    p = steps.add_parser("forward", help="forward-process histograms converging to the log-normal prior")
+    p = steps.add_parser("forward", help="a method's own figure of its forward process on each dataset")
+    p.add_argument("--method", required=True, help="registered method that declares a forward figure")
     p.add_argument("--data", nargs="+", required=True, help="prepared dataset files")
     p.add_argument("--times", nargs="+", type=float, required=True)
     p.add_argument("--images", type=int, default=1000, help="training images used")
     p.add_argument("--out", nargs="+", required=True)
     p.set_defaults(func=_forward)
 
-    p = steps.add_parser("toy", help="2-D toy GBM figure")
+    p = steps.add_parser("toy", help="a method's own figure of its forward process on a 2-D toy set")
+    p.add_argument("--method", required=True, help="registered method that declares a toy figure")
     p.add_argument("--paths", type=int, default=64)
     p.add_argument("--out", required=True)
     p.set_defaults(func=_toy)
@@ -236,8 +235,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_loss)
 
-    p = steps.add_parser("trajectories", help="reverse-time snapshots of the GBM samplers")
-    p.add_argument("--runs", nargs="+", required=True, help="GBM run directories")
+    p = steps.add_parser("trajectories", help="reverse-time snapshots of a method's samplers")
+    p.add_argument("--runs", nargs="+", required=True, help="run directories of a method with a trajectory figure")
     p.add_argument("--steps", type=int, required=True)
     p.add_argument("--snapshots", type=int, default=8)
     p.add_argument("--images", type=int, default=6)
@@ -267,7 +266,8 @@ def add_parser(subparsers) -> None:
                    help="last training images held out as p_T's sample (at most half of them)")
     p.add_argument("--limit", type=int, help="use only the first N training images (the config's data_limit)")
     p.add_argument("--sigma2-t", type=float, nargs="*", default=[0.04, 0.16, 0.36, 0.64, 1.0, 2.56, 6.25],
-                   help="sigma^2 T values of the figure (GBM; T kept, sigma varied)")
+                   help="sigma^2 T values of the figure, for methods whose prior mismatch varies with it "
+                        "(gbm.methods: Method.prior_mismatch)")
     p.add_argument("--out-dir", required=True, help="writes prior_mismatch.{csv,md,tex}")
     p.add_argument("--figure", help="PNG (and PDF) of the mismatch against sigma^2 T")
     p.set_defaults(func=_prior_mismatch)

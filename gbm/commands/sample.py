@@ -37,12 +37,10 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--seed-start", type=int, default=0, help="image i uses seed SEED_START + i")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda:0, ...")
-    parser.add_argument("--delta", type=float, help="GBM practical variant: fixed step size")
-    parser.add_argument("--inner-steps", type=int, help="GBM practical variant: updates per level (L)")
-    parser.add_argument("--gamma", type=float, help="GBM practical variant: noise annealing factor per level")
-    parser.add_argument("--final-denoise-steps", type=int, help="GBM: noise-free updates at the last level")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
-                        help="any other sampler option (YAML-parsed), e.g. --option snr=0.16; repeatable")
+                        help="a sampler option (YAML-parsed), e.g. --option grid=sqrt-t, --option snr=0.16, "
+                             "--option delta=0.005; repeatable. The options are the sampler's keyword parameters "
+                             "(gbm.methods: Method.sampler_options); an unknown one is refused naming the known")
     parser.add_argument("--prior", metavar="NAME",
                         help="start distribution x_T for methods with named priors (GBM: iid (the paper's, "
                              "default), correlated, class-mean, authors); statistics come from model.pt "
@@ -79,8 +77,7 @@ def add_parser(subparsers) -> None:
 
 def sampler_options(args) -> dict:
     """Sampler keyword options from the command line (only those given)."""
-    options = {name: getattr(args, name) for name in ("delta", "inner_steps", "gamma", "final_denoise_steps")
-               if getattr(args, name) is not None}
+    options = {}
     for item in args.option:
         if "=" not in item:
             raise ValueError(f"--option {item!r}: expected KEY=VALUE")

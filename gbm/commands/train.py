@@ -1,4 +1,5 @@
-"""``gbm train CONFIG --out RUN_DIR``: train a score model, resuming from RUN_DIR's latest checkpoint."""
+"""``gbm train CONFIG --out RUN_DIR`` (or ``--json TEXT`` for the configuration itself, as the pipeline passes it):
+train a score model, resuming from RUN_DIR's latest checkpoint."""
 
 from __future__ import annotations
 
@@ -10,11 +11,14 @@ import sys
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
         "train", help="train a score model into a run directory (resumes if interrupted)",
-        description="Train the model a YAML config describes into RUN_DIR: config.yaml, environment.json, "
-                    "checkpoints/, model.pt (EMA weights), loss.csv, train_metrics.json. Re-running the same "
-                    "command resumes from the latest checkpoint.",
+        description="Train the model a YAML config file (or --json) describes into RUN_DIR: config.yaml, "
+                    "environment.json, checkpoints/, model.pt (EMA weights), loss.csv, train_metrics.json. "
+                    "Re-running the same command resumes from the latest checkpoint.",
     )
-    parser.add_argument("config", help="YAML training config (see config/train/)")
+    parser.add_argument("config", nargs="?", help="YAML training config file (see config/train/)")
+    parser.add_argument("--json", metavar="TEXT",
+                        help="the training config itself as JSON, instead of a file (the pipeline's train rule "
+                             "passes gbm.pipeline.config.training_config)")
     parser.add_argument("--out", required=True, help="run directory")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
                         help="override a config value (YAML-parsed), e.g. --set train.steps=500; repeatable")
@@ -32,13 +36,29 @@ def _interrupt_on_sigterm(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
+def _config(args):
+    """The validated training config: the YAML file or the ``--json`` text, then the ``--set`` overrides."""
+    import json
+
+    from gbm.config import apply_overrides, config_from_dict, load_config
+
+    if (args.config is None) == (args.json is None):
+        raise ValueError("config: give exactly one of a YAML config file or --json TEXT")
+    if args.config is not None:
+        return load_config(args.config, args.overrides)
+    try:
+        raw = json.loads(args.json)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--json: not JSON ({error})") from None
+    return config_from_dict(apply_overrides(raw, args.overrides))
+
+
 def run(args) -> int:
-    from gbm.config import load_config
     from gbm.tracking.live import FAILED, FINISHED, KILLED, process_start_time, tracker_from_environment
     from gbm.training import TrainingDiverged, prepare, train
 
     started_at = process_start_time()
-    config = load_config(args.config, args.overrides)
+    config = _config(args)
     setup = prepare(config, args.device)
     tracker = tracker_from_environment(args.tracking_uri, args.experiment, args.out, config.to_dict(), started_at)
     previous_handler = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)  # a killed job ends as KILLED

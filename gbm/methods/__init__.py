@@ -23,6 +23,8 @@ from gbm.methods.base import Method
 from gbm.sde import SDE
 
 MODULES_ENV = "GBM_METHOD_MODULES"
+#: The method ``gbm train`` trains when its config names none (``sde.name``).
+DEFAULT_METHOD = gbm_method.METHOD.name
 
 _REGISTRY: dict[str, Method] = {}
 

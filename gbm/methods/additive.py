@@ -155,9 +155,21 @@ class DSMLoss:
         return pixel_sum_batch_mean(weight, score_fn(x_t, t) - target)
 
 
+def fixed_prior_mismatch(method: Method, sde_params: dict, fit_images, labels, held_images, dataset: str,
+                         sigma2_T_grid=()) -> list[dict]:
+    """The prior-mismatch row of an additive SDE (``Method.prior_mismatch``): its fixed Gaussian prior against p_T
+    of the held-out images in its own data space (``gbm.methods.gbm_priors.additive_prior_mismatch``)."""
+    from gbm.methods.gbm_priors import additive_prior_mismatch
+
+    result = additive_prior_mismatch(method.make_sde(**sde_params), method.to_data(held_images))
+    return [{"prior": "fixed", "paper": True, "sigma2_T": math.nan, "frechet": result["frechet"],
+             "relative_frechet": result["relative_frechet"], "at_config": True}]
+
+
 METHODS = tuple(
     Method(name=cls.name, label=label, sde=cls, loss=DSMLoss, samplers=GENERIC_SAMPLERS, data_space="centered",
-           check_sampler_options=check_generic_options, description=description)
+           check_sampler_options=check_generic_options, prior_mismatch=fixed_prior_mismatch,
+           description=description)
     for cls, label, description in (
         (VPSDE, "VP", "variance-preserving SDE (score_sde)"),
         (SubVPSDE, "sub-VP", "sub-VP SDE (score_sde)"),

@@ -32,6 +32,29 @@ def no_fit(sde: SDE, x0: torch.Tensor) -> SDE:
     return sde
 
 
+#: Keyword-only sampler parameters that ``gbm.sampling.sample`` sets itself; every other one is an option.
+SAMPLER_ARGUMENTS = ("steps", "generator", "progress")
+
+
+@dataclass(frozen=True)
+class PaperSetting:
+    """A method's published setting, against which the ablation table (``gbm.reporting.ablation``) names each
+    evaluated setting's changes.
+
+    ``values``: each choice's value in the paper, in the order changes are named. ``of_row``: a row of
+    ``metrics.csv`` (the settings its records hold: ``gbm.reporting.tables.evaluation_row``) -> the same
+    choices' values. ``description``: the paper's setting in words, for the table's caption.
+    """
+
+    values: Mapping[str, Any]
+    of_row: Callable[[Mapping[str, Any]], dict]
+    description: str
+
+    def changes(self, setting: Mapping[str, Any]) -> list[str]:
+        """``key=value`` for each choice of ``setting`` that differs from the paper's."""
+        return [f"{key}={value}" for key, value in setting.items() if value != self.values[key]]
+
+
 @dataclass(frozen=True)
 class Method:
     """One diffusion method.
@@ -50,6 +73,15 @@ class Method:
     ``priors``: named start distributions fitted at training and stored in ``model.pt`` (the interface of
     ``gbm.methods.gbm_priors.Prior``), chosen by ``gbm sample --prior``; ``default_prior`` is used when none
     is named. Empty: the SDE's own fixed prior (``sde.prior_sample``), and ``--prior`` is an error.
+
+    What the pipeline asks of a method beyond training and sampling (None: the method has none):
+    ``paper_setting``: its published setting, the baseline of the ablation table (``PaperSetting``).
+    ``prior_mismatch``: ``(method, sde_params, fit_images, labels, held_images, dataset, sigma2_T_grid)`` -> rows
+    of the prior-mismatch table (``prior``, ``paper``, ``sigma2_T``, ``frechet``, ``relative_frechet``,
+    ``at_config``): how far each of its start distributions is from p_T of held-out uint8 images.
+    ``forward_figure``: ``(data_npz, times, images)`` -> a matplotlib figure of its forward process on a dataset.
+    ``toy_figure``: ``(paths)`` -> a matplotlib figure of its forward process on a 2-D toy set.
+    The options each sampler takes are its keyword-only parameters (``sampler_options``).
     """
 
     name: str
@@ -66,6 +98,10 @@ class Method:
     trajectory_figure: bool = False
     priors: Mapping[str, Any] = field(default_factory=dict)
     default_prior: str | None = None
+    paper_setting: PaperSetting | None = None
+    prior_mismatch: Callable[..., list[dict]] | None = None
+    forward_figure: Callable[..., Any] | None = None
+    toy_figure: Callable[..., Any] | None = None
     description: str = field(default="", compare=False)
 
     def __post_init__(self):
@@ -75,6 +111,12 @@ class Method:
             raise ValueError(f"method {self.name!r}: declares no sampler")
         if self.priors and self.default_prior not in self.priors or not self.priors and self.default_prior:
             raise ValueError(f"method {self.name!r}: default_prior must name one of its priors")
+
+    def sampler_options(self, sampler: str) -> dict[str, Any]:
+        """The options a sampler of this method takes (``gbm sample --option KEY=VALUE``), with their defaults."""
+        parameters = inspect.signature(self.samplers[sampler]).parameters.values()
+        return {p.name: p.default for p in parameters
+                if p.kind == p.KEYWORD_ONLY and p.name not in SAMPLER_ARGUMENTS}
 
     def get_prior(self, name: str | None, field: str = "--prior"):
         """The named prior (the default when ``name`` is None); None for a method with one fixed prior.
@@ -170,3 +212,8 @@ def keyword_options(fn: Callable) -> set[str]:
     parameters = inspect.signature(fn).parameters.values()
     kinds = (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
     return {p.name for p in parameters if p.kind in kinds and p.default is not inspect.Parameter.empty}
+
+
+def keyword_default(fn: Callable, name: str) -> Any:
+    """The default value of ``fn``'s keyword parameter ``name`` (a loss option's, a sampler option's)."""
+    return inspect.signature(fn).parameters[name].default

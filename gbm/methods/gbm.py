@@ -13,9 +13,10 @@ import torch
 
 from gbm.grids import last_network_level, sampling_levels
 from gbm.losses import ScoreFn, pixel_sum_batch_mean
-from gbm.methods.base import Method
+from gbm.methods.base import Method, PaperSetting, keyword_default
+from gbm.methods import gbm_figures
 from gbm.methods.gbm_loss_weights import WEIGHTINGS, check_weighting, paper_weight
-from gbm.methods.gbm_priors import DEFAULT_PRIOR, PRIORS
+from gbm.methods.gbm_priors import DEFAULT_PRIOR, PRIORS, log_data_moments, prior_mismatch
 from gbm.samplers import levels, times_like
 from gbm.sde import SDE, ScoreKind, per_channel, per_sample
 from gbm.seeding import Generator, randn, randn_like
@@ -328,6 +329,67 @@ def fit_prior(sde: GBM, x0: torch.Tensor) -> GBM:
     return sde.with_prior_from_data(x0)
 
 
+# --- what the pipeline asks of GBM: its paper setting, its prior mismatch, its figures -----------
+
+
+def forward_figure(data_npz, times, images: int = 1000):
+    """GBM's forward process on a dataset (``Method.forward_figure``): histograms of log x_t at ``times``."""
+    return gbm_figures.forward_histograms(GBM(), data_npz, times, images)
+
+
+def toy_figure(paths: int = 64):
+    """GBM's forward process on the positive two-spirals (``Method.toy_figure``): ``paths`` forward paths."""
+    return gbm_figures.toy_figure(GBM(), paths)
+
+
+#: Sampler options of the authors' practical variant (SPEC §3); the paper's setting is the exact sampler.
+PRACTICAL_OPTIONS = ("delta", "inner_steps", "gamma")
+
+
+def _given(value) -> bool:
+    """Whether a metrics.csv cell holds a value (an absent option is empty: NaN once read back)."""
+    return value is not None and value == value
+
+
+def setting_of_row(row) -> dict:
+    """A metrics.csv row's GBM setting (``PaperSetting.of_row``): the M-DSM weighting and sigma, T of its training
+    record, the time grid, end time and prior of its samples' record, and whether a practical option was given."""
+    return {"weighting": row["loss.weighting"], "grid": row["grid"], "end_time": float(row["end_time"]),
+            "prior": row["prior"], "sigma": float(row["sde.sigma"]), "T": float(row["sde.T"]),
+            "practical": any(_given(row.get(f"option.{key}")) for key in PRACTICAL_OPTIONS)}
+
+
+def _paper_setting() -> PaperSetting:
+    """The paper's setting (SPEC §1–§3) is GBM's defaults: the M-DSM weight, the samplers' grid, the SDE's sigma,
+    T and end time, the default prior, the exact sampler."""
+    sde = GBM()
+    values = {"weighting": keyword_default(MDSMLoss, "weighting"), "grid": keyword_default(dale_langevin, "grid"),
+              "end_time": sde.end_time, "prior": DEFAULT_PRIOR, "sigma": sde.sigma, "T": sde.T, "practical": False}
+    description = (f"M-DSM weight (sigma^2 t)^2, grid uniform in t, {values['prior']} prior, sigma {sde.sigma:g}, "
+                   f"T {sde.T:g}, exact sampler")
+    return PaperSetting(values=values, of_row=setting_of_row, description=description)
+
+
+def prior_mismatch_rows(method: Method, sde_params: dict, fit_images, labels, held_images, dataset: str,
+                        sigma2_T_grid=()) -> list[dict]:
+    """GBM's prior-mismatch rows (``Method.prior_mismatch``): each named prior fitted on ``fit_images`` against p_T
+    of ``held_images`` in log space (``gbm_priors.prior_mismatch``), at the configured sigma^2 T and at each of
+    ``sigma2_T_grid`` (T kept, sigma varied)."""
+    sde = method.make_sde(**sde_params)
+    moments = log_data_moments(method.to_data(held_images))
+    fitted = {name: stats for name, stats in method.fit_priors(sde, method.to_data(fit_images), labels, dataset).items()
+              if "unavailable" not in stats}
+    rows = []
+    for s2t in [None, *sigma2_T_grid]:
+        varied = sde if s2t is None else method.make_sde(**{**sde_params, "sigma": math.sqrt(s2t / sde.T)})
+        for name, stats in fitted.items():
+            result = prior_mismatch(varied, method.priors[name], stats, moments)
+            rows.append({"prior": name, "paper": method.priors[name].paper, "sigma2_T": result["sigma2_T"],
+                         "frechet": result["frechet"], "relative_frechet": result["relative_frechet"],
+                         "at_config": s2t is None})
+    return rows
+
+
 METHOD = Method(
     name="gbm",
     label="GBM",
@@ -342,5 +404,9 @@ METHOD = Method(
     trajectory_figure=True,
     priors=PRIORS,
     default_prior=DEFAULT_PRIOR,
+    paper_setting=_paper_setting(),
+    prior_mismatch=prior_mismatch_rows,
+    forward_figure=forward_figure,
+    toy_figure=toy_figure,
     description="geometric Brownian motion, M-DSM, multiplicative samplers (Shetty, Prasath, Seelamantula)",
 )

@@ -12,11 +12,12 @@ that are not benchmarked). Both raise ``ConfigError`` naming the offending key, 
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import yaml
+
+from gbm.pipeline.layout import Evaluation, data_file
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
@@ -248,25 +249,6 @@ def load_config(path: str | Path) -> dict:
     return resolve_config([path])
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    """One evaluated sampler: a trained model (dataset, method, seed) sampled at one step count."""
-
-    dataset: str
-    method: str
-    seed: int
-    sampler: str
-    steps: int
-
-    @property
-    def run_dir(self) -> str:
-        return f"results/{self.dataset}/{self.method}/seed{self.seed}"
-
-    @property
-    def directory(self) -> str:
-        return f"{self.run_dir}/{self.sampler}/steps{self.steps}"
-
-
 def method_name(config: dict, entry: str) -> str:
     """The registered method behind a ``methods`` entry (the entry's key unless ``method`` is given)."""
     return config["methods"][entry].get("method", entry)
@@ -311,7 +293,7 @@ def training_config(config: dict, dataset: str, method: str, seed: int) -> dict:
     spec = config["methods"][method]
     return {
         "seed": seed,
-        "data": {"path": f"results/data/{dataset}.npz", "split": "train", "limit": config["data_limit"]},
+        "data": {"path": data_file(dataset), "split": "train", "limit": config["data_limit"]},
         "sde": {"name": method_name(config, method), **spec["sde"]},
         "model": dict(config["model"]),
         "loss": dict(spec["loss"]),
@@ -353,24 +335,3 @@ def check_open_sections(config: dict, entry: str) -> None:
     except ValueError as error:
         key, _, message = str(error).partition(": ")
         raise ConfigError(f"config key 'methods.{entry}.{key}': {message}") from None
-
-
-def training_overrides(config: dict, dataset: str, method: str, seed: int) -> list[str]:
-    """``KEY=VALUE`` overrides that make ``gbm train``'s config for one run (over an empty base file)."""
-    flat: dict = {}
-
-    def walk(prefix: str, node) -> None:
-        if isinstance(node, dict) and node:
-            for key, value in node.items():
-                walk(f"{prefix}.{key}" if prefix else key, value)
-        else:
-            flat[prefix] = node
-
-    walk("", training_config(config, dataset, method, seed))
-    return [f"{key}={_format_value(value)}" for key, value in flat.items()]
-
-
-def _format_value(value: Any) -> str:
-    if isinstance(value, (list, tuple, dict)) or value is None or isinstance(value, bool):
-        return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
-    return str(value)

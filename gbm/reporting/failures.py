@@ -30,14 +30,15 @@ def sampling_failure(log: str | Path, command: str | None = None) -> str | None:
 
 def failed_row(eval_dir: str | Path, reason: str | None) -> dict:
     """One row of ``failed.csv`` for ``results/{dataset}/{method}/seed{seed}/{sampler}/steps{K}``."""
-    eval_dir = Path(eval_dir)
-    seed_dir = eval_dir.parent.parent
+    from gbm.pipeline.layout import Evaluation
+
+    evaluation = Evaluation.from_directory(eval_dir)
     return {
-        "dataset": seed_dir.parent.parent.name,
-        "method": seed_dir.parent.name,
-        "seed": int(seed_dir.name.removeprefix("seed")),
-        "sampler": eval_dir.parent.name,
-        "steps": int(eval_dir.name.removeprefix("steps")),
+        "dataset": evaluation.dataset,
+        "method": evaluation.method,
+        "seed": evaluation.seed,
+        "sampler": evaluation.sampler,
+        "steps": evaluation.steps,
         "stage": "sample",
         "reason": reason or "no metrics.json and no error recorded in the job's log",
         "path": str(eval_dir),

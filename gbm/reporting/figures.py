@@ -1,5 +1,6 @@
 """The benchmark's figures (SPEC §10), each written as PNG and PDF: sample and nearest-neighbour grids,
-forward-process histograms, reverse trajectories, the 2-D toy GBM figure, FID/KID versus NFE, loss curves.
+reverse trajectories, FID/KID versus NFE, loss curves, comparisons, and the figures a method draws of its own
+process (``method_figures``: e.g. forward-process histograms, a 2-D toy).
 
 Every function takes plain arrays or files and an output ``.png`` path; the ``.pdf`` goes beside it.
 """
@@ -11,7 +12,6 @@ import math
 from pathlib import Path
 
 import matplotlib
-import matplotlib.ticker
 
 matplotlib.use("Agg")
 
@@ -20,6 +20,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from gbm.data.atomic import atomic_path  # noqa: E402
+from gbm.pipeline.layout import Evaluation, Run  # noqa: E402
 
 plt.rcParams.update({"figure.dpi": 100, "savefig.dpi": 150, "font.size": 9, "axes.titlesize": 9})
 
@@ -53,13 +54,12 @@ def _show(ax, mosaic: np.ndarray) -> None:
 
 def _describe_eval(samples_npz: Path) -> str:
     eval_dir = Path(samples_npz).parent
-    seed_dir = eval_dir.parent.parent
+    e = Evaluation.from_directory(eval_dir)
     stats_path = eval_dir / "samples.json"
     stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
     nfe = stats.get("nfe")
-    return (f"{seed_dir.parent.parent.name} · {seed_dir.parent.name} · {eval_dir.parent.name} · "
-            f"{eval_dir.name.removeprefix('steps')} steps" + (f" (NFE {nfe})" if nfe is not None else "")
-            + f" · {seed_dir.name}")
+    return (f"{e.dataset} · {e.method} · {e.sampler} · {e.steps} steps" + (f" (NFE {nfe})" if nfe is not None else "")
+            + f" · seed{e.seed}")
 
 
 def sample_grid(samples_npz: Path, png: Path, n: int = 64) -> None:
@@ -92,87 +92,17 @@ def neighbour_grid(neighbours_npz: Path, samples_npz: Path, data_npz: Path, png:
     save(fig, png)
 
 
-def forward_histograms(data_npz: Path, png: Path, times: list[float], images: int = 1000, seed: int = 0) -> None:
-    """Histograms of log x_t under the GBM forward kernel, against the fitted log-normal prior at T."""
-    import torch
+def method_figures(method_name: str, figure: str, outputs: list[tuple[Path, dict]]) -> None:
+    """Draw a method's own figure (``forward`` or ``toy``: ``Method.forward_figure``, ``Method.toy_figure``)
+    once per ``(png, arguments)``; a method without that figure is an error naming it."""
+    from gbm.methods import get_method
 
-    from gbm.data import load_prepared
-    from gbm.pixels import to_positive
-    from gbm.methods.gbm import GBM
-
-    data = load_prepared(data_npz)
-    train = data.images("train")
-    g = torch.Generator().manual_seed(seed)
-    index = torch.randperm(len(train), generator=g)[:images].numpy()
-    x0 = to_positive(torch.as_tensor(train[np.sort(index)])).double()
-    sde = GBM().with_prior_from_data(x0)
-    fig, axes = plt.subplots(1, len(times), figsize=(2.2 * len(times), 2.2))
-    grid = np.linspace(-4, 4.5, 400)
-    m, s = float(sde.prior_log_mean[0]), float(sde.prior_log_std[0])
-    prior = np.exp(-0.5 * ((grid - m) / s) ** 2) / (s * math.sqrt(2 * math.pi))
-    for ax, t in zip(np.atleast_1d(axes), times):
-        z = torch.randn(x0.shape, generator=g, dtype=x0.dtype)
-        xt = sde.perturb(x0, torch.full((x0.shape[0],), float(t), dtype=x0.dtype), z) if t > 0 else x0
-        ax.hist(xt.log().flatten().numpy(), bins=120, range=(grid[0], grid[-1]), density=True, color="tab:blue",
-                alpha=0.8)
-        ax.plot(grid, prior, "k--", lw=1, label="log-normal prior at T")
-        ax.set_title(f"t = {t:g}")
-        ax.set_xlabel("log $x_t$")
-    np.atleast_1d(axes)[0].set_ylabel("density")
-    np.atleast_1d(axes)[-1].legend(loc="upper right", fontsize=7)
-    fig.suptitle(f"{data.meta.get('name', Path(data_npz).stem)}: GBM forward process "
-                 f"(σ = {sde.sigma}, μ = {sde.mu:g}) → log-normal(m = {m:.3f}, s = {s:.3f})", y=1.03)
-    save(fig, png)
-
-
-def toy_figure(png: Path, paths: int = 64, points: int = 2000, steps: int = 200, seed: int = 0) -> None:
-    """2-D toy: positive two-spirals, GBM forward paths (exact solution on a grid), the log-normal end."""
-    import torch
-
-    from gbm.methods.gbm import GBM
-    from gbm.data.toy import two_spirals
-
-    g = torch.Generator().manual_seed(seed)
-    sde = GBM()
-    data = two_spirals(points, generator=g).double()
-    t = torch.linspace(0, sde.T, steps + 1, dtype=torch.float64)
-    dw = torch.randn(paths, steps, 2, generator=g, dtype=torch.float64) * (t[1] - t[0]).sqrt()
-    w = torch.cat([torch.zeros(paths, 1, 2, dtype=torch.float64), dw.cumsum(dim=1)], dim=1)
-    x0 = data[:paths]
-    trajectories = x0[:, None] * torch.exp(sde.log_drift * t[None, :, None] + sde.sigma * w)
-    z = torch.randn(data.shape, generator=g, dtype=torch.float64)
-    end = sde.perturb(data, torch.full((points,), sde.T, dtype=torch.float64), z)
-    logs = data.log()
-    m = (logs.mean(dim=0) + sde.log_drift * sde.T).numpy()
-    s = (sde.sigma**2 * sde.T + logs.var(dim=0, unbiased=False)).sqrt().numpy()
-
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.5), layout="constrained")
-    axes[0].scatter(*data.numpy().T, s=2, alpha=0.5)
-    axes[0].set_title("data: positive two spirals")
-    for path in trajectories.numpy():
-        axes[1].plot(*path.T, lw=0.5, alpha=0.6)
-    axes[1].scatter(*x0.numpy().T, s=6, c="k", zorder=3, label="$x_0$")
-    axes[1].set_xscale("log")
-    axes[1].set_yscale("log")
-    axes[1].set_title("GBM forward paths $dX = \\mu X dt + \\sigma X dW$")
-    axes[1].legend(fontsize=7)
-    lo, hi = np.quantile(end.numpy(), [0.005, 0.995])
-    u = np.geomspace(max(lo, 1e-3), hi, 200)
-    uu, vv = np.meshgrid(u, u)
-    density = (np.exp(-0.5 * ((np.log(uu) - m[0]) / s[0]) ** 2 - 0.5 * ((np.log(vv) - m[1]) / s[1]) ** 2)
-               / (2 * math.pi * s[0] * s[1] * uu * vv))
-    axes[2].contour(uu, vv, np.log(density + 1e-12), levels=12, cmap="viridis", linewidths=0.7)
-    axes[2].scatter(*end.numpy().T, s=2, alpha=0.4, c="tab:red", label="$x_T$")
-    axes[2].set_xscale("log")
-    axes[2].set_yscale("log")
-    axes[2].set_title("$x_T$ and the log-normal end density")
-    axes[2].legend(fontsize=7)
-    for ax in axes:
-        ax.set_xlabel("$x_1$")
-        ax.set_ylabel("$x_2$")
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-        ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
-    save(fig, png)
+    method = get_method(method_name, field="--method")
+    draw = getattr(method, f"{figure}_figure")
+    if draw is None:
+        raise ValueError(f"--method: method {method.name!r} declares no {figure} figure")
+    for png, arguments in outputs:
+        save(draw(**arguments), png)
 
 
 def metric_vs_nfe(runs: pd.DataFrame, png: Path) -> None:
@@ -261,11 +191,9 @@ def loss_curves(loss_csvs: list[Path], png: Path, window: int = 25) -> None:
     """Training loss per dataset (rows) and method (columns), one line per seed (running mean)."""
     frames = []
     for path in loss_csvs:
-        run_dir = Path(path).parent
-        seed_dir = run_dir.parent
+        run = Run.from_run_dir(Path(path).parent)
         frame = pd.read_csv(path)
-        frames.append(frame.assign(dataset=seed_dir.parent.parent.name, method=seed_dir.parent.name,
-                                   seed=seed_dir.name))
+        frames.append(frame.assign(dataset=run.dataset, method=run.method, seed=f"seed{run.seed}"))
     losses = pd.concat(frames)
     datasets = list(dict.fromkeys(losses["dataset"]))
     methods = list(dict.fromkeys(losses["method"]))

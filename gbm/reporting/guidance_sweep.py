@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-SWEEP_ROOT = "results/guidance_sweep"
+from gbm.pipeline.layout import SWEEP_ROOT, Evaluation, data_file, parse_sweep_directory, sweep_directory
+
 DEFAULTS = {"seed": 0, "validation": 1000, "n_samples": 200, "steps": 100, "batch_bank": None,
             "guidance": {"schedule": "clean", "kernel": "polyharmonic", "repel": False}}
 MEMORISATION_FLOOR = 0.9  # a picked setting keeps its samples' nearest-bank distance >= 0.9 x the bank's own spacing
@@ -44,7 +45,8 @@ class SweepRun:
 
     @property
     def directory(self) -> str:
-        return f"{SWEEP_ROOT}/{self.dataset}/{self.method}/seed{self.seed}/{self.sampler}/steps{self.steps}/{self.setting}"
+        evaluation = Evaluation(self.dataset, self.method, self.seed, self.sampler, self.steps, SWEEP_ROOT)
+        return sweep_directory(evaluation, self.setting)
 
 
 def sweep_spec(config: dict) -> dict | None:
@@ -110,7 +112,7 @@ def guidance_args(spec: dict, run: SweepRun) -> list[str]:
     if run.bank_size is None:
         return []
     options = spec["guidance"] | {"weight": run.weight, "bank_size": run.bank_size, "batch_bank": spec["batch_bank"]}
-    args = ["--guidance-data", f"results/data/{run.dataset}.npz:train-minus-validation-{spec['validation']}"]
+    args = ["--guidance-data", f"{data_file(run.dataset)}:train-minus-validation-{spec['validation']}"]
     for key, value in options.items():
         args += ["--guidance", f"{key}={json.dumps(value)}"]
     return args
@@ -121,9 +123,10 @@ def _row(metrics_path: Path) -> dict:
     metrics = json.loads(metrics_path.read_text())
     stats = json.loads((metrics_path.parent / "samples.json").read_text())
     guidance = stats.get("guidance") or {}
-    parts = metrics_path.parts
+    evaluation, _ = parse_sweep_directory(metrics_path.parent)
     return {
-        "dataset": parts[-7], "method": parts[-6], "seed": int(parts[-5].removeprefix("seed")), "sampler": parts[-4],
+        "dataset": evaluation.dataset, "method": evaluation.method, "seed": evaluation.seed,
+        "sampler": evaluation.sampler,
         "steps": stats["steps"], "weight": float(guidance.get("weight", 0.0)),
         "bank_size": guidance.get("bank_size"), "batch_bank": guidance.get("batch_bank"),
         "normalise": guidance.get("normalise"), "schedule": guidance.get("schedule"), "kernel": guidance.get("kernel"),

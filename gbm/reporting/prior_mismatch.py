@@ -1,16 +1,15 @@
 """The prior-mismatch table and figure (SPEC §1a): how far each method's start distribution is from p_T.
 
 For every dataset, the training split is cut into a fitting part and a held-out part (its last
-``held_out`` images). Each named prior of a method with named priors (GBM) is fitted on the first part and
-compared with p_T of the held-out images (``gbm.methods.gbm_priors.prior_mismatch``, log space); an additive
-SDE's fixed Gaussian prior is compared with its p_T in its own data space (``additive_prior_mismatch``).
-The relative Fréchet distance (divided by the total variance of p_T) makes the two spaces comparable.
+``held_out`` images). Each method measures its own start distributions against p_T of the held-out images
+(``Method.prior_mismatch``: named priors fitted on the first part, in log space for a multiplicative SDE; a
+fixed Gaussian prior in the SDE's own data space); a method without that hook has no rows. The relative
+Fréchet distance (divided by the total variance of p_T) makes the spaces comparable.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -40,12 +39,12 @@ def _split(data_npz: Path, held_out: int, limit: int | None):
 def mismatch_rows(data_npz: Path, methods: dict[str, dict], held_out: int = 10000,
                   sigma2_T_grid: tuple[float, ...] = (), limit: int | None = None,
                   timing: dict | None = None) -> list[dict]:
-    """One row per method entry and prior at the method's own ``sigma^2 T``, plus GBM rows for each
-    ``sigma^2 T`` of ``sigma2_T_grid`` (``T`` kept, ``sigma`` varied). ``methods``: entry -> ``{"name", "sde"}``;
-    ``limit``: use the first ``limit`` training images (the benchmark's ``data_limit``), at most half held out;
-    ``timing``: gets ``metrics_s`` added, the seconds spent fitting and measuring (not loading the data)."""
+    """The rows of every method entry whose method measures its prior mismatch (``Method.prior_mismatch``): one
+    per start distribution at the entry's own settings (``at_config``), and any the method adds for
+    ``sigma2_T_grid``. ``methods``: entry -> ``{"name", "sde"}``; ``limit``: use the first ``limit`` training
+    images (the benchmark's ``data_limit``), at most half held out; ``timing``: gets ``metrics_s`` added, the
+    seconds spent fitting and measuring (not loading the data)."""
     from gbm.methods import get_method
-    from gbm.methods.gbm_priors import additive_prior_mismatch, log_data_moments, prior_mismatch
 
     dataset, fit_images, labels, held_images = _split(Path(data_npz), held_out, limit)
     began = time.perf_counter()
@@ -54,26 +53,11 @@ def mismatch_rows(data_npz: Path, methods: dict[str, dict], held_out: int = 1000
               "n_held_out": len(held_images)}
     for entry, spec in methods.items():
         method = get_method(spec["name"], field=f"methods.{entry}")
-        sde = method.make_sde(**spec.get("sde", {}))
-        if method.priors:
-            x0 = method.to_data(fit_images)
-            moments = log_data_moments(method.to_data(held_images))
-            fitted = {name: stats for name, stats in method.fit_priors(sde, x0, labels, dataset).items()
-                      if "unavailable" not in stats}
-            for s2t in [None, *sigma2_T_grid]:
-                varied = sde if s2t is None else method.make_sde(**{**spec.get("sde", {}),
-                                                                    "sigma": math.sqrt(s2t / sde.T)})
-                for name, stats in fitted.items():
-                    result = prior_mismatch(varied, method.priors[name], stats, moments)
-                    rows.append(common | {"method": entry, "prior": name, "paper": method.priors[name].paper,
-                                          "sigma2_T": result["sigma2_T"], "frechet": result["frechet"],
-                                          "relative_frechet": result["relative_frechet"],
-                                          "at_config": s2t is None})
-        elif hasattr(sde, "mean_coeff_std"):
-            result = additive_prior_mismatch(sde, method.to_data(held_images))
-            rows.append(common | {"method": entry, "prior": "fixed", "paper": True, "sigma2_T": math.nan,
-                                  "frechet": result["frechet"], "relative_frechet": result["relative_frechet"],
-                                  "at_config": True})
+        if method.prior_mismatch is None:
+            continue
+        measured = method.prior_mismatch(method, spec.get("sde", {}), fit_images, labels, held_images, dataset,
+                                         tuple(sigma2_T_grid))
+        rows += [common | {"method": entry} | row for row in measured]
     if timing is not None:
         timing["metrics_s"] = timing.get("metrics_s", 0.0) + time.perf_counter() - began
     return rows

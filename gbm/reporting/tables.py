@@ -18,6 +18,7 @@ from pathlib import Path
 import pandas as pd
 
 from gbm.data.atomic import write_text_atomic
+from gbm.pipeline.layout import Evaluation
 from gbm.reporting.formats import latex, markdown
 
 GROUP = ["dataset", "method", "sampler", "steps"]
@@ -48,26 +49,67 @@ def _interval(metrics: dict, key: str) -> tuple:
     return tuple(value) if isinstance(value, list) and len(value) == 2 else (None, None)
 
 
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _scalars(prefix: str, values: dict, into: dict) -> dict:
+    """``prefix.key`` for every number, string or boolean in ``values`` (nested keys joined by dots)."""
+    for key, value in values.items():
+        if isinstance(value, dict):
+            _scalars(f"{prefix}.{key}", value, into)
+        elif isinstance(value, (int, float, str, bool)):
+            into[f"{prefix}.{key}"] = value
+    return into
+
+
+def training_settings(record: dict) -> dict:
+    """The settings a training record (``train_metrics.json``, written with ``model.pt``) holds: the method and
+    its SDE parameters (``sde.name``, ``sde.sigma``, ``sde.T``, ...; per-channel fitted statistics, lists, left
+    out), the loss and its options (``loss.weighting``, ...), the network and the training budget."""
+    settings = _scalars("sde", {k: v for k, v in record.get("sde", {}).items() if k != "score_kind"}, {})
+    _scalars("loss", record.get("loss_options", {}), settings)
+    settings.update({f"train.{k}": record[k] for k in ("steps", "ema_decay") if k in record})
+    settings.update({k: record[k] for k in ("parameterisation", "backbone", "params") if k in record})
+    return settings
+
+
+def sampling_settings(stats: dict) -> dict:
+    """The settings a sample record (``samples.json``) holds beyond the tidy row's own columns: each sampler
+    option given (``option.delta``, ...; the grid and end time have their resolved columns), each prior option
+    (``prior_option.rank``), the last network level and the first image seed."""
+    options = {k: v for k, v in (stats.get("options") or {}).items() if k not in ("grid", "end_time")}
+    settings = _scalars("option", options, {})
+    _scalars("prior_option", stats.get("prior_options") or {}, settings)
+    settings.update({k: stats[k] for k in ("last_network_level", "seed_start") if k in stats})
+    return settings
+
+
 def evaluation_row(metrics_path: Path) -> dict:
-    """One tidy row for ``results/{dataset}/{method}/seed{seed}/{sampler}/steps{K}/metrics.json``."""
+    """One tidy row for ``results/{dataset}/{method}/seed{seed}/{sampler}/steps{K}/metrics.json``: where it lies
+    (``gbm.pipeline.layout``), its scores, and the settings that made it as its records state them: the sample
+    record ``samples.json`` beside it and the training record ``run/train_metrics.json`` of its model."""
     metrics_path = Path(metrics_path)
     eval_dir = metrics_path.parent
-    seed_dir = eval_dir.parent.parent
+    evaluation = Evaluation.from_directory(eval_dir)
     metrics = json.loads(metrics_path.read_text())
-    stats_path = eval_dir / "samples.json"
-    stats = json.loads(stats_path.read_text()) if stats_path.is_file() else {}
+    stats = _read_json(eval_dir / "samples.json")
+    training = _read_json(Path(evaluation.run.run_dir) / "train_metrics.json")
+    if "seed" in training and training["seed"] != evaluation.seed:
+        raise ValueError(f"{evaluation.run.run_dir}/train_metrics.json: training seed {training['seed']} in a "
+                         f"directory of seed {evaluation.seed}")
     kid = pick(metrics, "kid", default=None)
-    return {
-        "dataset": seed_dir.parent.parent.name,
-        "method": seed_dir.parent.name,
-        "seed": int(seed_dir.name.removeprefix("seed")),
-        "sampler": eval_dir.parent.name,
-        "sampler_method": pick(stats, "sampler", default=eval_dir.parent.name),
+    row = {
+        "dataset": evaluation.dataset,
+        "method": evaluation.method,
+        "seed": evaluation.seed,
+        "sampler": evaluation.sampler,
+        "sampler_method": pick(stats, "sampler", default=evaluation.sampler),
         "guided": bool(stats.get("guidance")),
         "prior": _prior_label(stats),
         "grid": pick(stats, "grid", "options.grid", default=None),
         "end_time": pick(stats, "end_time", "options.end_time", default=None),
-        "steps": int(eval_dir.name.removeprefix("steps")),
+        "steps": evaluation.steps,
         "nfe": pick(stats, "nfe", "meta.nfe"),
         "n": pick(metrics, "n_fake", "n", "counts.fake", "num_fake", "n_samples"),
         "n_reference": pick(metrics, "n_real", "counts.real", "num_real", "n_reference"),
@@ -92,6 +134,7 @@ def evaluation_row(metrics_path: Path) -> dict:
         "score_wall_s": pick(metrics, "wall_time_s", "wall_time", "wall_s"),
         "path": str(eval_dir),
     }
+    return row | training_settings(training) | sampling_settings(stats)
 
 
 def _prior_label(stats: dict) -> str:
@@ -104,10 +147,14 @@ def _prior_label(stats: dict) -> str:
 
 
 def aggregate(metrics_paths: list[Path]) -> pd.DataFrame:
+    """``metrics.csv``: one row per evaluation (``evaluation_row``), its own columns first, then the settings
+    columns in name order (a setting no record of a row holds is empty there)."""
     if not metrics_paths:
         raise ValueError("metrics: no metrics.json files given")
     rows = [evaluation_row(Path(p)) for p in metrics_paths]
-    return pd.DataFrame(rows).sort_values(GROUP + ["seed"]).reset_index(drop=True)
+    own = list(rows[0])[:list(rows[0]).index("path") + 1]
+    settings = sorted({key for row in rows for key in row} - set(own))
+    return pd.DataFrame(rows, columns=own + settings).sort_values(GROUP + ["seed"]).reset_index(drop=True)
 
 
 FAILED_COLUMNS = ["dataset", "method", "seed", "sampler", "steps", "stage", "reason", "path"]
@@ -242,12 +289,13 @@ def _floor_display(floor: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_tables(runs: pd.DataFrame, floor: pd.DataFrame, out_dir: Path, name: str,
-                 failed: pd.DataFrame | None = None, gbm_settings: dict | None = None) -> list[Path]:
-    """benchmark.{csv,md,tex} and floor.{csv,md,tex} under ``out_dir``, and with ``gbm_settings``
-    (``gbm.reporting.ablation.gbm_settings``) the GBM ablation table ablation.{csv,md}; returns the paths written.
+                 failed: pd.DataFrame | None = None) -> list[Path]:
+    """benchmark.{csv,md,tex}, floor.{csv,md,tex} and the ablation table ablation.{csv,md}
+    (``gbm.reporting.ablation``, from the settings columns of ``runs``) under ``out_dir``; returns the paths
+    written.
 
     ``failed`` (``failed.csv``): evaluations without metrics, named under the Markdown table and in the caption."""
-    from gbm.reporting.ablation import ablation_display, ablation_table
+    from gbm.reporting.ablation import ablation_caption, ablation_display, ablation_table
 
     out_dir = Path(out_dir)
     table = benchmark_table(runs)
@@ -282,18 +330,9 @@ def write_tables(runs: pd.DataFrame, floor: pd.DataFrame, out_dir: Path, name: s
         "floor.md": markdown(_floor_display(floor), floor_caption),
         "floor.tex": latex(_floor_display(floor), floor_caption, "tab:floor"),
     }
-    if gbm_settings is not None:
-        ablation = ablation_table(table, gbm_settings, runs)
-        written["ablation.csv"] = ablation.to_csv(index=False)
-        written["ablation.md"] = markdown(ablation_display(ablation), (
-            f"GBM ablation (benchmark '{name}'): each evaluated GBM setting and what it changes from the paper's "
-            "(M-DSM weight (sigma^2 t)^2, grid uniform in t, iid prior, sigma 0.8, T 1, exact sampler); "
-            "end_time is a row's last network level, from which every sampler's final noise-free update goes "
-            "to t = 0 (gbm/grids.py); "
-            "FID mean ± std over training seeds, same N and features as the benchmark table; CI: as in the "
-            "benchmark table; ΔFID against the paper's setting with the same sampler, dataset and step count "
-            "(negative is better) with the comparisons table's Welch interval over seeds; 'not resolved' when "
-            "its interval contains 0, 'too few seeds' with one seed."))
+    ablation = ablation_table(table, runs)
+    written["ablation.csv"] = ablation.to_csv(index=False)
+    written["ablation.md"] = markdown(ablation_display(ablation), ablation_caption(runs, name))
     for filename, text in written.items():
         write_text_atomic(out_dir / filename, text)
     return [out_dir / f for f in written]

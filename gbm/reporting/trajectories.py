@@ -49,11 +49,12 @@ def trajectory_figures(run_dir: Path, png: Path, steps: int, snapshots: int = 8,
     import yaml
 
     from gbm.methods import get_method
+    from gbm.pipeline.layout import Run
     from gbm.reporting.figures import trajectory_figure
     from gbm.runs import RunDir
 
     method = get_method(yaml.safe_load(RunDir(run_dir).config.read_text())["sde"]["name"])
     frames = {name: sampler_snapshots(run_dir, name, steps, snapshots, images, device) for name in method.samplers}
-    dataset = Path(run_dir).parent.parent.parent.name
+    dataset = Run.from_run_dir(run_dir).dataset
     trajectory_figure(frames, png, title=f"{dataset}: reverse-time trajectories of the {method.label} samplers "
                                          f"({steps} steps, exact variant, image i from seed i)")

@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from gbm.data.atomic import write_text_atomic
+from gbm.pipeline.layout import Run
 from gbm.tracking.mirror import LIVE_RUN_FILE, flatten_params, retry_locked, open_experiment, uri_lock
 
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
@@ -52,15 +53,15 @@ def job_record(started_at: float) -> dict:
 def run_identity(run_dir: Path, config: dict) -> tuple[str, dict]:
     """Run name and tags of a run directory; ``results/{dataset}/{method}/seed{seed}/run`` gives the pipeline's."""
     run_dir = Path(run_dir).resolve()
-    seed_dir = run_dir.parent
     tags = {"kind": "training", "gbm.run_dir": str(run_dir), "seed": str(config.get("seed")),
             "method": str((config.get("sde") or {}).get("name"))}
-    if run_dir.name == "run" and seed_dir.name.startswith("seed"):
-        dataset, method, seed = seed_dir.parent.parent.name, seed_dir.parent.name, seed_dir.name.removeprefix("seed")
-        key = f"{dataset}/{method}/seed{seed}"
-        tags |= {"dataset": dataset, "method": method, "seed": seed, "gbm.key": key}
-        return key, tags
-    return run_dir.name, tags
+    try:
+        run = Run.from_run_dir(run_dir)
+    except ValueError:  # a run directory outside the pipeline's layout
+        return run_dir.name, tags
+    key = f"{run.dataset}/{run.method}/seed{run.seed}"
+    tags |= {"dataset": run.dataset, "method": run.method, "seed": str(run.seed), "gbm.key": key}
+    return key, tags
 
 
 class TrainingTracker:

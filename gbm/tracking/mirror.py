@@ -52,6 +52,7 @@ import yaml
 
 from gbm.data.atomic import write_bytes_atomic
 from gbm.pipeline.config import RESOLVED_CONFIG_NAME
+from gbm.pipeline.layout import Evaluation, Run
 
 STORE_NAME = "mlflow.db"
 ARTIFACTS_NAME = "mlartifacts"
@@ -267,7 +268,8 @@ def _ms(seconds) -> int | None:
 def training_record(seed_dir: Path, config_name: str) -> Record:
     """The record of ``results/{dataset}/{method}/seed{seed}`` and of its evaluated samplers."""
     seed_dir = Path(seed_dir)
-    dataset, method, seed = seed_dir.parent.parent.name, seed_dir.parent.name, seed_dir.name.removeprefix("seed")
+    run = Run.from_seed_dir(seed_dir)
+    dataset, method, seed = run.dataset, run.method, str(run.seed)
     run_dir = seed_dir / "run"
     tags = {"kind": "training", "dataset": dataset, "method": method, "seed": seed, "config": config_name,
             "git_revision": _git_revision(run_dir)}
@@ -297,7 +299,8 @@ def evaluation_record(eval_dir: Path, parent: Record, config_name: str) -> Recor
     """The record of one evaluated sampler, ``.../{sampler}/steps{K}/``: from the start of its sampling job
     to the end of its scoring job, FID/KID (and whatever intervals ``metrics.json`` holds) as metrics,
     and dataset, method, sampler, prior, steps and seed as params (columns of the runs table)."""
-    sampler, steps = eval_dir.parent.name, eval_dir.name.removeprefix("steps")
+    evaluation = Evaluation.from_directory(eval_dir)
+    sampler, steps = evaluation.sampler, str(evaluation.steps)
     tags = dict(parent.tags, kind="evaluation", sampler=sampler, steps=steps,
                 row=f"{parent.tags['dataset']}|{parent.tags['method']}|{sampler}|{steps}")
     scores, stats = _read_json(eval_dir / "metrics.json"), _read_json(eval_dir / "samples.json")

@@ -8,7 +8,6 @@ from pathlib import Path
 
 sys.path.insert(0, workflow.basedir)
 
-from gbm.reporting.ablation import gbm_settings  # noqa: E402
 from gbm.pipeline.config import (  # noqa: E402
     RESOLVED_CONFIG_NAME,
     method_name,
@@ -20,8 +19,9 @@ from gbm.pipeline.config import (  # noqa: E402
     sampler_guidance,
     sampler_options,
     sampler_prior,
-    training_overrides,
+    training_config,
 )
+from gbm.pipeline.layout import EVALUATION_DIR, RUN_DIR, SEED_DIR, Evaluation, Run, data_file, pattern  # noqa: E402
 from gbm.reporting.failures import COMMAND_PREFIX, sampling_failure  # noqa: E402
 
 # The run's configuration: the --configfile file(s) (also those a profile names) alone, or else
@@ -94,14 +94,17 @@ THREADS = config["threads"]
 NEIGHBOUR_SEED = SEEDS[0]
 
 
-def _shows_trajectories(entry):
+def _method(entry):
     from gbm.methods import get_method
 
-    return get_method(method_name(config, entry)).trajectory_figure
+    return get_method(method_name(config, entry))
 
 
-# The reverse-trajectory figure (SPEC §10) of the first method entry whose method declares one.
-TRAJECTORY_ENTRY = next((m for m in METHODS if _shows_trajectories(m)), None)
+# The reverse-trajectory figure (SPEC §10) of the first method entry whose method declares one, and the figures
+# of its own forward process of the first method that declares them (Method.forward_figure, .toy_figure).
+TRAJECTORY_ENTRY = next((m for m in METHODS if _method(m).trajectory_figure), None)
+FORWARD_METHOD = next((_method(m).name for m in METHODS if _method(m).forward_figure), None)
+TOY_METHOD = next((_method(m).name for m in METHODS if _method(m).toy_figure), None)
 
 # Jobs run `gbm` and `python` from the environment Snakemake runs in. Compute jobs use exactly their
 # declared threads and hold one GPU for their command through `python -m gbm.jobs.devices --` (a lock
@@ -121,23 +124,24 @@ wildcard_constraints:
     steps=r"\d+",
 
 
+# The results layout (gbm/pipeline/layout.py) as a wildcard pattern: results/{dataset}/{method}/seed{seed}/run
+RUN_PATTERN = pattern(RUN_DIR)
+
+
 def run_dir(wildcards):
-    return f"results/{wildcards.dataset}/{wildcards.method}/seed{wildcards.seed}/run"
+    return Run(wildcards.dataset, wildcards.method, int(wildcards.seed)).run_dir
 
 
-def train_set_args(wildcards):
-    overrides = training_overrides(config, wildcards.dataset, wildcards.method, int(wildcards.seed))
-    return " ".join(f"--set {shlex.quote(o)}" for o in overrides)
+def training_json(wildcards):
+    """The run's whole `gbm train` configuration as JSON (its changes rerun the job: Snakemake's params trigger)."""
+    return json.dumps(training_config(config, wildcards.dataset, wildcards.method, int(wildcards.seed)))
 
 
 def sample_args(wildcards):
     options = sampler_options(config, wildcards.dataset, wildcards.method, wildcards.sampler)
     args = ["--sampler", sampler_name(config, wildcards.method, wildcards.sampler)]
     for key, value in options.items():
-        if key in ("delta", "inner_steps", "gamma", "final_denoise_steps"):
-            args += [f"--{key.replace('_', '-')}", str(value)]
-        else:
-            args += ["--option", f"{key}={value}"]
+        args += ["--option", f"{key}={value}"]
     prior, prior_options = sampler_prior(config, wildcards.method, wildcards.sampler)
     if prior is not None:
         args += ["--prior", prior]
@@ -145,7 +149,7 @@ def sample_args(wildcards):
         args += ["--prior-option", f"{key}={value}"]
     guidance = sampler_guidance(config, wildcards.method, wildcards.sampler)
     if guidance is not None:
-        args += ["--guidance-data", f"results/data/{wildcards.dataset}.npz:train"]
+        args += ["--guidance-data", f"{data_file(wildcards.dataset)}:train"]
         for key, value in guidance.items():
             args += ["--guidance", f"{key}={json.dumps(value)}"]
     return " ".join(shlex.quote(a) for a in args)
@@ -157,10 +161,11 @@ def sample_log(e):
 
 def sample_command(e):
     """The `gbm sample` command of an evaluation (or of the sample rule's wildcards); its log starts with it."""
+    evaluation = Evaluation(e.dataset, e.method, int(e.seed), e.sampler, int(e.steps))
     return (
-        f"gbm sample results/{e.dataset}/{e.method}/seed{e.seed}/run {sample_args(e)} --steps {e.steps} "
+        f"gbm sample {evaluation.run.run_dir} {sample_args(e)} --steps {e.steps} "
         f"--n {config['evaluation']['n_samples']} --batch-size {config['evaluation']['batch_size']} --seed-start 0 "
-        f"--out results/{e.dataset}/{e.method}/seed{e.seed}/{e.sampler}/steps{e.steps}/samples.npz"
+        f"--out {evaluation.directory}/samples.npz"
     )
 
 
@@ -214,9 +219,11 @@ def pdf(png_paths):
 SHOWN = shown_evaluations()
 GRIDS = [f"results/figures/samples/{figure_stem(e)}.png" for e in SHOWN]
 NEIGHBOUR_FIGURES = [f"results/figures/neighbours/{figure_stem(e)}.png" for e in SHOWN]
-FORWARD_FIGURES = [f"results/figures/forward_histograms_{d}.png" for d in DATASETS]
+FORWARD_FIGURES = [f"results/figures/forward_histograms_{d}.png" for d in DATASETS] if FORWARD_METHOD else []
+TOY_FIGURES = [f"results/figures/toy_{TOY_METHOD}.png"] if TOY_METHOD else []
 TRAJECTORY_FIGURES = [f"results/figures/trajectories_{d}.png" for d in DATASETS]
-RUN_DIRS = [f"results/{d}/{m}/seed{s}/run" for d in DATASETS for m in METHODS for s in SEEDS]
+RUNS = [Run(d, m, s) for d in DATASETS for m in METHODS for s in SEEDS]
+RUN_DIRS = [r.run_dir for r in RUNS]
 
 
 # every method entry with its SDE parameters, for the prior-mismatch table (`gbm report prior-mismatch`)
@@ -231,18 +238,18 @@ def all_targets():
         "results/tables/floor.csv",
         "results/figures/fid_kid_vs_nfe.png",
         "results/figures/training_loss.png",
-        "results/figures/toy_gbm.png",
+        *TOY_FIGURES,
         "results/timing.json",
     ]
     # The comparisons need an evaluated baseline (their intervals come from the per-seed values).
     if has_baseline(config):
         targets += ["results/tables/comparisons.csv", "results/figures/comparisons.png"]
-    targets += [f"results/figures/forward_histograms_{d}.png" for d in DATASETS]
+    targets += FORWARD_FIGURES
     targets += [f"results/figures/samples/{figure_stem(e)}.png" for e in shown_evaluations()]
     targets += [f"results/figures/neighbours/{figure_stem(e)}.png" for e in shown_evaluations()]
     if TRAJECTORY_ENTRY is not None:
         targets += [f"results/figures/trajectories_{d}.png" for d in DATASETS]
-    targets += [f"results/{d}/{m}/seed{s}/mlflow.json" for d in DATASETS for m in METHODS for s in SEEDS]
+    targets += [f"{r.seed_dir}/mlflow.json" for r in RUNS]
     if config.get("guidance_sweep") is not None:  # opt-in (workflow/rules/guidance.smk)
         targets += ["results/tables/guidance_sweep.csv", "results/figures/guidance_sweep.png"]
     return targets

@@ -2,11 +2,12 @@
 # listed sampler unguided and at every weight x bank size, score against the validation slice of the training
 # split, then one table and one figure. Without the key these rules are not defined and add no job.
 
-from gbm.reporting.guidance_sweep import SWEEP_ROOT, guidance_args, sweep_runs, sweep_spec  # noqa: E402
+from gbm.pipeline.layout import SWEEP_ROOT  # noqa: E402
+from gbm.reporting.guidance_sweep import guidance_args, sweep_runs, sweep_spec  # noqa: E402
 
 SWEEP = sweep_spec(config)
 SWEEP_RUNS = {r.directory: r for r in sweep_runs(config)}
-SWEEP_DIR = SWEEP_ROOT + "/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/{setting}"
+SWEEP_DIR = pattern(EVALUATION_DIR, SWEEP_ROOT) + "/{setting}"
 
 
 def sweep_sample_args(wildcards):
@@ -18,8 +19,8 @@ if SWEEP is not None:
 
     rule guidance_sweep_sample:
         input:
-            model="results/{dataset}/{method}/seed{seed}/run/model.pt",
-            data="results/data/{dataset}.npz",
+            model=RUN_PATTERN + "/model.pt",
+            data=data_file("{dataset}"),
         output:
             samples=SWEEP_DIR + "/samples.npz",
             stats=SWEEP_DIR + "/samples.json",
@@ -46,7 +47,7 @@ if SWEEP is not None:
 
     rule guidance_sweep_score:
         input:
-            data="results/data/{dataset}.npz",
+            data=data_file("{dataset}"),
             samples=SWEEP_DIR + "/samples.npz",
         output:
             SWEEP_DIR + "/metrics.json",
@@ -73,7 +74,7 @@ if SWEEP is not None:
         input:
             metrics=[f"{d}/metrics.json" for d in SWEEP_RUNS],
             samples=[f"{d}/samples.npz" for d in SWEEP_RUNS],
-            data=expand("results/data/{dataset}.npz", dataset=SWEEP["datasets"]),
+            data=[data_file(d) for d in SWEEP["datasets"]],
         output:
             table=report("results/tables/guidance_sweep.csv", caption="../report/guidance_sweep.rst", category="Tables"),
             markdown="results/tables/guidance_sweep.md",

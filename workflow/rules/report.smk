@@ -11,7 +11,8 @@ FILLER = -1
 rule aggregate:
     input:
         metrics=[f"{e.directory}/metrics.json" for e in SCORED],
-        stats=[f"{e.directory}/samples.json" for e in SCORED],
+        stats=[f"{e.directory}/samples.json" for e in SCORED],  # the settings of each row: its records
+        training=sorted({f"{e.run.run_dir}/train_metrics.json" for e in SCORED}),
     output:
         metrics="results/tables/metrics.csv",
         failed=report("results/tables/failed.csv", caption="../report/failed.rst", category="Tables"),
@@ -42,14 +43,13 @@ rule tables:
         ablation_markdown="results/tables/ablation.md",
     params:
         name=config["name"],
-        gbm_settings=json.dumps(gbm_settings(config)),
     log:
         "results/logs/report/tables.log",
     benchmark:
         "results/benchmarks/report/tables.tsv"
     shell:
         "gbm report tables --metrics {input.metrics} --failed {input.failed} --floor {input.floors} --name {params.name} "
-        "--gbm-settings {params.gbm_settings:q} --out-dir results/tables > {log} 2>&1"
+        "--out-dir results/tables > {log} 2>&1"
 
 
 rule comparisons:
@@ -94,7 +94,7 @@ rule figure_neighbours:
     input:
         neighbours=[f"{e.directory}/neighbours.npz" for e in SHOWN],
         samples=[f"{e.directory}/samples.npz" for e in SHOWN],
-        data=[f"results/data/{e.dataset}.npz" for e in SHOWN],
+        data=[data_file(e.dataset) for e in SHOWN],
     output:
         png=[report(p, caption="../report/neighbours.rst", category="Memorisation") for p in NEIGHBOUR_FIGURES],
         pdf=pdf(NEIGHBOUR_FIGURES),
@@ -112,11 +112,12 @@ rule figure_neighbours:
 
 rule figure_forward:
     input:
-        expand("results/data/{dataset}.npz", dataset=DATASETS),
+        [data_file(d) for d in DATASETS],
     output:
         png=[report(p, caption="../report/forward.rst", category="Forward process") for p in FORWARD_FIGURES],
         pdf=pdf(FORWARD_FIGURES),
     params:
+        method=FORWARD_METHOD,
         times=" ".join(str(t) for t in config["figures"]["histogram_times"]),
     priority: FILLER
     log:
@@ -124,17 +125,18 @@ rule figure_forward:
     benchmark:
         "results/benchmarks/report/figure_forward.tsv"
     shell:
-        "gbm report forward --data {input} --times {params.times} --out {output.png} > {log} 2>&1"
+        "gbm report forward --method {params.method} --data {input} --times {params.times} --out {output.png} "
+        "> {log} 2>&1"
 
 
 rule figure_trajectories:
     input:
-        [f"results/{d}/{TRAJECTORY_ENTRY}/seed{NEIGHBOUR_SEED}/run/model.pt" for d in DATASETS],
+        [f"{Run(d, TRAJECTORY_ENTRY, NEIGHBOUR_SEED).run_dir}/model.pt" for d in DATASETS],
     output:
         png=[report(p, caption="../report/trajectories.rst", category="Reverse process") for p in TRAJECTORY_FIGURES],
         pdf=pdf(TRAJECTORY_FIGURES),
     params:
-        runs=[f"results/{d}/{TRAJECTORY_ENTRY}/seed{NEIGHBOUR_SEED}/run" for d in DATASETS],
+        runs=[Run(d, TRAJECTORY_ENTRY, NEIGHBOUR_SEED).run_dir for d in DATASETS],
         snapshots=config["figures"]["trajectory_snapshots"],
         steps=lambda wildcards: max(
             s for spec in config["methods"][TRAJECTORY_ENTRY]["samplers"].values() for s in spec["steps"]
@@ -157,16 +159,17 @@ rule figure_trajectories:
 
 rule figure_toy:
     output:
-        png=report("results/figures/toy_gbm.png", caption="../report/toy.rst", category="Forward process"),
-        pdf="results/figures/toy_gbm.pdf",
+        png=[report(p, caption="../report/toy.rst", category="Forward process") for p in TOY_FIGURES],
+        pdf=pdf(TOY_FIGURES),
     params:
+        method=TOY_METHOD,
         paths=config["figures"]["toy_paths"],
     log:
         "results/logs/report/figure_toy.log",
     benchmark:
         "results/benchmarks/report/figure_toy.tsv"
     shell:
-        "gbm report toy --paths {params.paths} --out {output.png} > {log} 2>&1"
+        "gbm report toy --method {params.method} --paths {params.paths} --out {output.png} > {log} 2>&1"
 
 
 rule figure_nfe:
@@ -218,7 +221,7 @@ rule timing:
 
 rule prior_mismatch:
     input:
-        expand("results/data/{dataset}.npz", dataset=DATASETS),
+        [data_file(d) for d in DATASETS],
     output:
         table=report("results/tables/prior_mismatch.csv", caption="../report/prior_mismatch.rst", category="Tables"),
         markdown="results/tables/prior_mismatch.md",

@@ -5,13 +5,13 @@
 
 rule track:
     input:
-        run="results/{dataset}/{method}/seed{seed}/run/train_metrics.json",
+        run=RUN_PATTERN + "/train_metrics.json",
         config=RESOLVED_CONFIG,  # logged as an artifact of the training run
         metrics=lambda wildcards: [
             f"{d}/metrics.json" for d in evaluation_dirs(wildcards.dataset, wildcards.method, wildcards.seed)
         ],
     output:
-        "results/{dataset}/{method}/seed{seed}/mlflow.json",
+        pattern(SEED_DIR) + "/mlflow.json",
     params:
         seed_dir=lambda wildcards, output: os.path.dirname(output[0]),
         experiment=config["name"],

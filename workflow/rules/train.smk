@@ -1,4 +1,5 @@
-# Training: one model per dataset x method x seed (one GBM model serves both GBM samplers).
+# Training: one model per dataset x method x seed (one model serves all of its method entry's samplers), its
+# configuration given whole as JSON (gbm.pipeline.config.training_config).
 # Only the files written at the end are declared as outputs, never the run directory or loss.csv (which
 # grows during training): Snakemake deletes declared outputs before rerunning a job, so an interrupted
 # job's checkpoints and loss history survive and the rerun resumes from the latest checkpoint.
@@ -6,14 +7,13 @@
 
 rule train:
     input:
-        data="results/data/{dataset}.npz",
+        data=data_file("{dataset}"),
     output:
-        model="results/{dataset}/{method}/seed{seed}/run/model.pt",
-        metrics="results/{dataset}/{method}/seed{seed}/run/train_metrics.json",
+        model=RUN_PATTERN + "/model.pt",
+        metrics=RUN_PATTERN + "/train_metrics.json",
     params:
-        base=os.path.join(workflow.basedir, "workflow", "resources", "train-base.yaml"),
         run_dir=run_dir,
-        overrides=train_set_args,
+        config=training_json,  # the whole training configuration: a changed setting reruns the job
     log:
         "results/logs/train/{dataset}_{method}_seed{seed}.log",
     benchmark:
@@ -29,5 +29,4 @@ rule train:
         runtime=config["runtime"]["train"],
     shell:
         "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
-        "python -m gbm.jobs.devices -- gbm train {params.base} --out {params.run_dir} {params.overrides} "
-        "> {log} 2>&1"
+        "python -m gbm.jobs.devices -- gbm train --json {params.config:q} --out {params.run_dir} > {log} 2>&1"
