@@ -182,6 +182,22 @@ def test_train_jobs_pass_the_whole_training_config_as_json_without_a_base_file(t
     assert not (REPO / "workflow" / "resources" / "train-base.yaml").exists()
 
 
+def test_gbm_train_reads_the_same_configuration_from_json_as_from_a_yaml_file(tmp_path, capsys):
+    import json
+
+    from gbm.cli import build_parser, main
+    from gbm.commands.train import config_from_args
+
+    raw = training_config(load_config(REPO / "config" / "config.yaml"), "mnist", "gbm-tuned", 1)
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(raw))
+    parse = build_parser("train").parse_args
+    from_file = config_from_args(parse(["train", str(tmp_path / "train.yaml"), "--out", "run", "--set", "seed=3"]))
+    from_json = config_from_args(parse(["train", "--json", json.dumps(raw), "--out", "run", "--set", "seed=3"]))
+    assert from_json == from_file and from_json.seed == 3 and from_json.loss == {"weighting": "uniform-eps"}
+    assert main(["train", "--out", str(tmp_path / "run")]) == 2
+    assert "give exactly one of a YAML config file or --json TEXT" in capsys.readouterr().err
+
+
 # --- GPU slots ------------------------------------------------------------------------------------------
 
 SLOT_PROBE = [sys.executable, "-c", textwrap.dedent("""

@@ -36,7 +36,7 @@ def _interrupt_on_sigterm(signum, frame):
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _config(args):
+def config_from_args(args):
     """The validated training config: the YAML file or the ``--json`` text, then the ``--set`` overrides."""
     import json
 
@@ -58,7 +58,7 @@ def run(args) -> int:
     from gbm.training import TrainingDiverged, prepare, train
 
     started_at = process_start_time()
-    config = _config(args)
+    config = config_from_args(args)
     setup = prepare(config, args.device)
     tracker = tracker_from_environment(args.tracking_uri, args.experiment, args.out, config.to_dict(), started_at)
     previous_handler = signal.signal(signal.SIGTERM, _interrupt_on_sigterm)  # a killed job ends as KILLED
