@@ -102,6 +102,7 @@ def check_config(config: dict) -> None:
                         f"config key '{key}.dataset_options.{dataset}': dataset {dataset!r} is not in "
                         f"'datasets' ({', '.join(sorted(datasets))})"
                     )
+            _check_sampler_option_names(sampler_spec, method, sampler, key)
             _check_sampler_stability(config, entry, label, method, sampler, key)
     if "baseline" in config.get("comparisons", {}):  # the default baseline is optional: no VP, no comparisons
         check_baseline(with_defaults(config))
@@ -112,6 +113,18 @@ def check_config(config: dict) -> None:
         check_sweep(config)
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def _check_sampler_option_names(spec: dict, method, sampler: str, key: str) -> None:
+    """Every ``options`` (and ``dataset_options``) key is an option of the sampler (``Method.sampler_options``)."""
+    known = method.sampler_options(sampler)
+    given = [(f"{key}.options", spec.get("options", {}))]
+    given += [(f"{key}.dataset_options.{d}", options) for d, options in spec.get("dataset_options", {}).items()]
+    for where, options in given:
+        for name in options:
+            if name not in known:
+                raise ConfigError(f"config key '{where}.{name}': not an option of sampler {sampler!r} of method "
+                                  f"{method.name!r} (its options: {', '.join(sorted(known))})")
 
 
 def _check_sampler_stability(config: dict, entry: str, label: str, method, sampler: str, key: str) -> None:
