@@ -1,4 +1,5 @@
-"""``gbm score --real A --fake B [--n N]``: FID, KID, precision/recall as JSON (SPEC §8)."""
+"""``gbm score --real A --fake B [--n N] [--classifier FILE]``: FID, KID, precision/recall as JSON (SPEC §8);
+with ``--classifier`` (``gbm classifier``) also the domain metrics and the collapse counters (issue 24)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ def add_metric_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--no-cache", action="store_true", help="do not use or write cached reference features")
     parser.add_argument("--no-sid", action="store_true", help="skip the signed inception distance (gbm.metrics.sid)")
+    parser.add_argument("--classifier", default=None,
+                        help="the dataset's classifier (`gbm classifier`): adds the 'domain' block (FD, KID, intervals, "
+                             "class balance, confident share in its features) and the 'collapse' block")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar for the Inception features")
     parser.add_argument("--out", default=None, help="also write the JSON to this file")
 
 
@@ -43,14 +48,18 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(func=run)
 
 
-#: Per-draw values kept in the JSON file but left out of the terminal summary.
+#: Per-draw values kept in the JSON file but left out of the terminal summary (at the top and in each block).
 DRAW_LISTS = ("half_samples",)
+
+
+def _summary(result: dict) -> dict:
+    return {k: _summary(v) if isinstance(v, dict) else v for k, v in result.items() if k not in DRAW_LISTS}
 
 
 def emit(result: dict, out: str | None) -> None:
     """Write the whole result to ``out`` and print it without the per-draw values (a summary)."""
     text = json.dumps(result, indent=2, sort_keys=True)
-    print(json.dumps({k: v for k, v in result.items() if k not in DRAW_LISTS}, indent=2, sort_keys=True))
+    print(json.dumps(_summary(result), indent=2, sort_keys=True))
     if out:
         write_bytes_atomic(out, (text + "\n").encode())
 
@@ -58,7 +67,8 @@ def emit(result: dict, out: str | None) -> None:
 def metric_options(args: argparse.Namespace) -> dict:
     return dict(library=args.library, cleanfid_mode=args.cleanfid_mode, kid_subsets=args.kid_subsets,
                 kid_subset_size=args.kid_subset_size, device=args.device, cache=not args.no_cache,
-                sid=not args.no_sid, interval_draws=args.interval_draws, interval_level=args.interval_level)
+                sid=not args.no_sid, interval_draws=args.interval_draws, interval_level=args.interval_level,
+                classifier=args.classifier, progress=not args.no_progress)
 
 
 def sample_provenance(fake: str) -> dict | None:
@@ -71,7 +81,7 @@ def sample_provenance(fake: str) -> dict | None:
         if "meta" not in arrays or "seeds" not in arrays:
             return None
         meta = json.loads(str(arrays["meta"]))
-    return {key: meta.get(key) for key in ("sampler", "steps", "nfe", "prior", "prior_options")}
+    return {key: meta.get(key) for key in ("sampler", "steps", "nfe", "prior", "prior_options", "nonfinite")}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -87,5 +97,7 @@ def run(args: argparse.Namespace) -> int:
     provenance = sample_provenance(args.fake)
     if provenance is not None:
         result["samples"] = provenance
+        if "collapse" in result and provenance["nonfinite"] is not None:  # frames that were NaN or infinite
+            result["collapse"]["nonfinite"] = provenance["nonfinite"]
     emit(result | {"job": job_record(started_at)}, args.out)
     return 0

@@ -119,11 +119,17 @@ def extract_features(
     batch_size: int | None = None,
     cleanfid_mode: str = "clean",
     what: str = "images",
+    progress: bool = False,
 ) -> np.ndarray:
     """2048-d TF-Inception pool3 features (float32, N x 2048) of uint8 images through ``library``.
 
     ``batch_size`` None: 8 on the CPU (small batches keep the 299x299 activations in cache), 64 on a GPU.
+    ``progress``: a progress bar in images on stderr, named after ``what`` (about 7-14 images/s on a CPU).
     """
+    import sys
+
+    from tqdm.auto import tqdm
+
     check_library(library, cleanfid_mode)
     images = validate_images(images, what)
     device = resolve_device(device)
@@ -131,7 +137,8 @@ def extract_features(
         batch_size = CPU_BATCH if device.type == "cpu" else GPU_BATCH
     model = torch_fidelity_extractor(device) if library == "torch-fidelity" else cleanfid_extractor(device)
     out = np.empty((len(images), 2048), dtype=np.float32)
-    with torch.no_grad():
+    bar = tqdm(total=len(images), desc=f"Inception features: {what}", unit="img", file=sys.stderr, disable=not progress)
+    with torch.no_grad(), bar:
         for start in range(0, len(images), batch_size):
             batch = _rgb(images[start : start + batch_size])
             if library == "torch-fidelity":
@@ -139,4 +146,5 @@ def extract_features(
             else:
                 features = model(_cleanfid_input(batch, cleanfid_mode, device))
             out[start : start + len(batch)] = features.float().cpu().numpy()
+            bar.update(len(batch))
     return out

@@ -32,7 +32,8 @@ def reference_key(images: ImageSet, library: str, cleanfid_mode: str) -> str:
 
 
 def reference_features(
-    images: ImageSet, library: str, *, cleanfid_mode: str = "clean", device="auto", stats_dir: str | Path | None = None
+    images: ImageSet, library: str, *, cleanfid_mode: str = "clean", device="auto", stats_dir: str | Path | None = None,
+    progress: bool = False,
 ) -> tuple[np.ndarray, str]:
     """Features of the reference set and ``"hit"`` or ``"miss"``; ``stats_dir`` defaults to the user cache."""
     key = reference_key(images, library, cleanfid_mode)
@@ -44,7 +45,8 @@ def reference_features(
                 return features, "hit"
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
         pass
-    features = extract_features(images.images, library, device=device, cleanfid_mode=cleanfid_mode, what=images.description)
+    features = extract_features(images.images, library, device=device, cleanfid_mode=cleanfid_mode, what=images.description,
+                                progress=progress)
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as handle:
             np.savez(handle, features=features, key=np.array(key), description=np.array(images.description))

@@ -54,14 +54,19 @@ def metrics_from_features(
     seed: int = 0,
     interval_draws: int = DEFAULT_DRAWS,
     interval_level: float = DEFAULT_LEVEL,
+    feature_dim: int | None = 2048,
 ) -> dict:
-    """FID, KID mean/std, precision, recall, their intervals and FID_inf from two feature arrays (N x 2048)."""
+    """FID, KID mean/std, precision, recall, their intervals and FID_inf from two feature arrays (N x 2048).
+
+    Generic in the features: ``feature_dim`` None accepts any dimension d shared by both arrays (the domain
+    classifier's features, ``gbm.metrics.domain``); the KID kernel is then ``(x·y/d + 1)^3``."""
     from torch_fidelity.metric_kid import kid_features_to_metric
     from torch_fidelity.metric_prc import prc_features_to_metric
 
+    dim = feature_dim or real.shape[-1]
     for what, features in (("real", real), ("fake", fake)):
-        if features.ndim != 2 or features.shape[1] != 2048 or len(features) < 2:
-            raise ValueError(f"{what} features: expected (N >= 2, 2048), got {features.shape}")
+        if features.ndim != 2 or features.shape[1] != dim or len(features) < 2:
+            raise ValueError(f"{what} features: expected (N >= 2, {dim}), got {features.shape}")
         finite = np.isfinite(features).all(axis=1)
         if not finite.all():
             raise ValueError(f"{what} features: {int((~finite).sum())} of {len(features)} feature vectors contain NaN "
@@ -101,7 +106,7 @@ def metrics_from_features(
         "n_fake": len(fake),
         "protocol": {
             "fid": fid_by,
-            "kid": {"estimator": "unbiased MMD^2", "kernel": "cubic polynomial (x.y/d + 1)^3", "subsets": kid_subsets,
+            "kid": {"estimator": "unbiased MMD^2", "kernel": f"cubic polynomial (x.y/d + 1)^3, d = {dim}", "subsets": kid_subsets,
                     "subset_size": subset_size, "seed": seed, "implementation": f"torch-fidelity {version('torch_fidelity')}"},
             "precision_recall": {"method": "k-NN manifolds (Kynkaanniemi et al. 2019)", "k": prc_neighbourhood,
                                  "implementation": f"torch-fidelity {version('torch_fidelity')}"},
@@ -154,6 +159,8 @@ def score(
     real_features: str | None = None,
     save_real_features: str | None = None,
     save_fake_features: str | None = None,
+    classifier=None,
+    progress: bool = False,
     **metric_options,
 ) -> dict:
     """Score ``fake`` against ``real`` (each: ImageSet, uint8 array (N, C, H, W), or a path spec).
@@ -165,6 +172,10 @@ def score(
     with ``sid`` also the signed inception distance (``gbm.metrics.sid``) from the same features.
     A sample file that records non-finite images (``gbm sample --allow-nonfinite``) is refused unless
     ``allow_nonfinite``; feature sets with NaN or infinity are always refused.
+    With ``classifier`` (a ``gbm.metrics.domain.Classifier`` or the path of one), the result gains a ``domain``
+    block (FD, KID, intervals, class balance, confident share in the dataset classifier's features,
+    ``gbm.metrics.domain.domain_metrics``) and a ``collapse`` block (``gbm.metrics.collapse``) for ``fake``.
+    ``progress`` shows a progress bar per Inception feature extraction (on stderr).
     """
     check_library(library, cleanfid_mode)
     check_interval_options(metric_options.get("interval_draws", DEFAULT_DRAWS), metric_options.get("interval_level", DEFAULT_LEVEL))
@@ -186,10 +197,13 @@ def score(
     if real_features is not None:
         real_features, cache_state = load_features(real_features, real_set, library, cleanfid_mode), "file"
     elif cache:
-        real_features, cache_state = reference_features(real_set, library, cleanfid_mode=cleanfid_mode, device=device, stats_dir=stats_dir)
+        real_features, cache_state = reference_features(real_set, library, cleanfid_mode=cleanfid_mode, device=device,
+                                                        stats_dir=stats_dir, progress=progress)
     else:
-        real_features, cache_state = extract_features(real_set.images, library, device=device, cleanfid_mode=cleanfid_mode), "off"
-    fake_features = extract_features(fake_set.images, library, device=device, cleanfid_mode=cleanfid_mode, what=fake_set.description)
+        real_features, cache_state = extract_features(real_set.images, library, device=device, cleanfid_mode=cleanfid_mode,
+                                                      what=real_set.description, progress=progress), "off"
+    fake_features = extract_features(fake_set.images, library, device=device, cleanfid_mode=cleanfid_mode,
+                                     what=fake_set.description, progress=progress)
     features_seconds = time.perf_counter() - began
     if save_real_features:
         save_features(save_real_features, real_set, real_features, library, cleanfid_mode)
@@ -211,4 +225,23 @@ def score(
         reference_cache=cache_state,
         timing={"features_s": features_seconds, "metrics_s": time.perf_counter() - began},
     )
+    if classifier is not None:
+        result.update(domain_and_collapse(classifier, real_set.images, fake_set.images, device=device,
+                                          **metric_options))
     return result
+
+
+def domain_and_collapse(classifier, real_images: np.ndarray, fake_images: np.ndarray, *, device="auto",
+                        **metric_options) -> dict:
+    """The ``domain`` and ``collapse`` blocks of a score: the classifier's metrics of ``fake_images`` against
+    ``real_images``, and the collapse counters of ``fake_images`` with the calibration stored in the classifier."""
+    from gbm.metrics.collapse import collapse_counters
+    from gbm.metrics.domain import Classifier, domain_metrics, load_classifier
+    from gbm.runs import resolve_device
+
+    if not isinstance(classifier, Classifier):
+        classifier = load_classifier(classifier)
+    return {
+        "domain": domain_metrics(classifier, real_images, fake_images, device=resolve_device(device), **metric_options),
+        "collapse": collapse_counters(fake_images, classifier.record["collapse_calibration"]),
+    }
