@@ -37,10 +37,10 @@ def test_default_benchmark_dag_has_one_model_per_dataset_method_seed(tmp_path):
     # grid x 2 step counts and from the correlated prior x 1, gbm-tuned: dale-langevin x 2 step counts, vp: em
     # x 2 step counts. Inception runs in floor (reference and neighbour bank, once per dataset) and score only.
     assert counts == {
-        "resolved_config": 1, "prepare_data": 1, "floor": 1, "train": 6, "sample": 22, "score": 22,
+        "resolved_config": 1, "prepare_data": 1, "classifier": 1, "floor": 1, "train": 6, "sample": 22, "score": 22,
         "neighbours": 6, "track": 6, "aggregate": 1, "tables": 1, "comparisons": 1, "figure_samples": 1,
         "figure_neighbours": 1, "figure_forward": 1, "figure_trajectories": 1, "figure_toy": 1, "figure_nfe": 1,
-        "figure_loss": 1, "timing": 1, "prior_mismatch": 1, "all": 1, "total": 78,
+        "figure_loss": 1, "timing": 1, "prior_mismatch": 1, "all": 1, "total": 79,
     }
 
 
@@ -50,7 +50,7 @@ def test_paper_dag_covers_three_datasets_every_method_three_seeds(tmp_path):
     # tuned, sigma0p5, sigma1p2) x 3 seeds = 90 models; per dataset and seed the sqrt-t, other-prior and guided
     # GBM rows, the additive and CLD rows and Beta diffusion's three step counts give 54 evaluations, so 486
     # sample and score jobs (guidance sweep apart); one neighbours job per dataset x entry x sampler shown (84).
-    assert counts["prepare_data"] == 3
+    assert counts["prepare_data"] == counts["classifier"] == 3
     assert counts["train"] == 90
     assert counts["sample"] == counts["score"] == 486
     assert counts["track"] == 90

@@ -1,5 +1,6 @@
 # Evaluation of every trained model: sample (sampler x step count), score (FID/KID against the reference
-# split, whose features `floor` extracted; writes the samples' features), nearest neighbours for the figure
+# split, whose features `floor` extracted; writes the samples' features; with evaluation.domain, the domain
+# metrics in the dataset classifier's features and the collapse counters), nearest neighbours for the figure
 # (no Inception: it reads the samples' features and the dataset's bank features).
 # A sampler that diverges fails its sample job (gbm sample exits 2, writes nothing); its log starts with the
 # command (common.smk: FAILED), so a later run lists it in results/tables/failed.csv instead of waiting on it.
@@ -34,6 +35,7 @@ rule score:
         data="results/data/{dataset}.npz",
         reference="results/{dataset}/features/reference.npz",
         samples="results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/samples.npz",
+        classifier=classifier_input,
     output:
         metrics="results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/metrics.json",
         features="results/{dataset}/{method}/seed{seed}/{sampler}/steps{steps}/features.npz",
@@ -41,6 +43,7 @@ rule score:
         n=config["evaluation"]["n_samples"],
         split=config["evaluation"]["reference_split"],
         draws=config["evaluation"]["interval_draws"],
+        domain=classifier_flag,
     log:
         "results/logs/score/{dataset}_{method}_seed{seed}_{sampler}_steps{steps}.log",
     benchmark:
@@ -54,7 +57,7 @@ rule score:
         "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
         "python -m gbm.jobs.devices -- gbm score --real {input.data} --real-split {params.split} "
         "--real-features {input.reference} --fake {input.samples} --n {params.n} --save-features {output.features} "
-        "--interval-draws {params.draws} "
+        "--interval-draws {params.draws} {params.domain} --no-progress "
         "--out {output.metrics} > {log} 2>&1"
 
 
