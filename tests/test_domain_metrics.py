@@ -208,19 +208,23 @@ def test_class_balance_and_confident_share_on_synthetic_probabilities():
 
 
 def test_the_domain_metrics_order_a_small_ladder(mnist, tiny):
+    """FD orders the ladder; KID all but the empty and saturated frames (at N = 500 the default classifier's KID
+    ranks those above blobs: docs/domain-metrics.md); the one-class rung stands out by its class balance.
+    Where one-class sits among the degraded rungs is a judgement (the default classifier's FD puts it before
+    blurred), so it is left out of the order here."""
     from gbm.metrics.ladder import inversions, ladder_sets
 
     n = 150
     sets = ladder_sets(mnist.test_images[n:2 * n], mnist.test_labels[n:2 * n], mnist.test_images[2 * n:],
                        mnist.test_labels[2 * n:])
-    rungs = ["real", "grain", "additive-noise", "blobs", "empty-saturated"]
     reference = mnist.test_images[:n]
-    scored = {name: domain_metrics(tiny, reference, sets[name], interval_draws=0) for name in rungs + ["mixed-collapse"]}
+    scored = {name: domain_metrics(tiny, reference, images, interval_draws=0) for name, images in sets.items()}
+    rungs = ["real", "grain", "additive-noise", "blurred", "blobs", "empty-saturated"]
     assert inversions(rungs, [scored[name]["fd"] for name in rungs]) == []
-    assert inversions(rungs, [scored[name]["kid"] for name in rungs]) == []
+    assert inversions(rungs[:-1], [scored[name]["kid"] for name in rungs[:-1]]) == []
     assert scored["grain"]["fd"] < scored["mixed-collapse"]["fd"]
-    one_class = domain_metrics(tiny, reference, sets["one-class"], interval_draws=0)
-    assert one_class["class_tv"] > 0.3 > scored["real"]["class_tv"]
+    near_real = ["real", "grain", "additive-noise", "blurred"]
+    assert scored["one-class"]["class_tv"] > 0.3 > max(scored[name]["class_tv"] for name in near_real)
 
 
 def test_score_with_a_classifier_writes_domain_and_collapse_blocks(small_file, tmp_path, monkeypatch):
