@@ -31,7 +31,12 @@ from gbm.data import load_prepared
 from gbm.data.atomic import write_text_atomic
 from gbm.metrics import ImageSet, extract_features, reference_features
 from gbm.metrics.collapse import collapse_counters
-from gbm.metrics.domain import ClassifierSettings, classifier_for, domain_metrics, load_classifier
+from gbm.metrics.domain import (
+    ClassifierSettings,
+    classifier_for,
+    domain_metrics,
+    load_classifier,
+)
 from gbm.metrics.ladder import EXTRA, LADDER, inversions, ladder_sets, ordered
 from gbm.metrics.scoring import metrics_from_features
 
@@ -53,7 +58,7 @@ def score_rungs(prepared, classifier, n: int, draws: int, seed: int) -> dict:
     sets = ladder_sets(held_out, held_labels, prepared.test_images[2 * n:], prepared.test_labels[2 * n:], seed=seed)
     began = time.perf_counter()
     real_inception, cache = reference_features(ImageSet(reference, f"test[:{n}]"), "torch-fidelity", progress=True)
-    options = dict(interval_draws=draws, seed=seed)
+    options = {"interval_draws": draws, "seed": seed}
     rows = {}
     for name, images in sets.items():
         fake = extract_features(images, what=name, progress=True)

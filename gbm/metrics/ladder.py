@@ -20,6 +20,8 @@ All pixels in [0, 1] are rounded to uint8; every rung is seeded.
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import numpy as np
 
 LADDER = ("real", "grain", "additive-noise", "blurred", "one-class", "blobs", "empty-saturated")
@@ -84,7 +86,7 @@ def ladder_sets(held_out: np.ndarray, held_out_labels: np.ndarray, extra: np.nda
 
 def ordered(values: list[float]) -> bool:
     """Whether the values (one per rung of the ladder, best first; lower is better) strictly increase."""
-    return all(a < b for a, b in zip(values, values[1:]))
+    return all(a < b for a, b in pairwise(values))
 
 
 def inversions(names: list[str], values: list[float]) -> list[tuple[str, str]]:
