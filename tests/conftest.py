@@ -13,9 +13,10 @@ if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
-    """Run a test on one torch thread: small tensors on a shared 2-core machine are faster without OpenMP."""
+    """Run a test module on one torch thread (``pytestmark = pytest.mark.usefixtures("one_thread")``, which also
+    covers its module-scoped fixtures): small tensors on a shared 2-core machine are faster without OpenMP."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

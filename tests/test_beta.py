@@ -12,12 +12,12 @@ from torch.distributions import Beta, kl_divergence
 
 from gbm.cli import main
 from gbm.config import config_from_dict
-from gbm.data import RawDataset, save_prepared
 from gbm.methods import get_method
 from gbm.methods.beta import BetaDiffusion, KLUBLoss, kl_beta, logit_beta
 from gbm.sampling import sample
 from gbm.seeding import PerSampleGenerator
 from gbm.training import prepare
+from helpers import noise_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -166,11 +166,7 @@ def test_data_outside_the_range_is_refused_before_training_naming_the_key():
 def test_beta_trains_and_samples_through_the_command_line(tmp_path):
     """``gbm train`` with ``sde.name: beta`` on 32 synthetic 8x8 images (4 steps, tiny U-Net), then ``gbm sample
     --sampler beta``: uint8 images, NFE = steps, the fitted prior mean and the constants in model.pt."""
-    rng = np.random.default_rng(0)
-    images = lambda n: rng.integers(0, 256, (n, 1, 8, 8), dtype=np.uint8)  # noqa: E731
-    labels = lambda n: rng.integers(0, 10, n).astype(np.int64)  # noqa: E731
-    data = save_prepared(RawDataset(images(32), labels(32), images(8), labels(8), source="synthetic"),
-                         "synthetic", tmp_path / "data.npz")
+    data = noise_dataset(tmp_path / "data.npz")
     config = {"data": {"path": str(data)}, "sde": {"name": "beta"}, "model": {"size": "tiny"},
               "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 2, "log_every": 1}}
     (tmp_path / "train.yaml").write_text(yaml.safe_dump(config))

@@ -6,29 +6,19 @@ import json
 
 import numpy as np
 import pytest
-import torch
 import yaml
 
 from gbm.cli import main
-from gbm.data import RawDataset, save_prepared
+from helpers import noise_dataset
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SAMPLERS = {"gbm": "dale-langevin", "vp": "em", "cld": "sscs"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _dataset(path, shape=(1, 8, 8), n_train=32, seed=0):
-    rng = np.random.default_rng(seed)
-    images = lambda n: rng.integers(0, 256, (n, *shape), dtype=np.uint8)  # noqa: E731
-    labels = lambda n: rng.integers(0, 10, n).astype(np.int64)  # noqa: E731
-    return save_prepared(RawDataset(images(n_train), labels(n_train), images(8), labels(8), source="synthetic"),
-                         "synthetic", path)
+    return noise_dataset(path, n_train=n_train, shape=shape, seed=seed)
 
 
 @pytest.fixture(scope="module")

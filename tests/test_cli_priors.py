@@ -9,8 +9,8 @@ import torch
 import yaml
 
 from gbm.cli import main
-from gbm.data import RawDataset, save_prepared
 from gbm.runs import atomic_torch_save
+from helpers import noise_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -19,11 +19,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def trained(tmp_path_factory):
     """A GBM run and a VP run on 32 synthetic 8x8 images (4 training steps each)."""
     tmp_path = tmp_path_factory.mktemp("priors")
-    rng = np.random.default_rng(0)
-    images = lambda n: rng.integers(0, 256, (n, 1, 8, 8), dtype=np.uint8)  # noqa: E731
-    labels = lambda n: rng.integers(0, 3, n).astype(np.int64)  # noqa: E731
-    data = save_prepared(RawDataset(images(32), labels(32), images(8), labels(8), source="synthetic"),
-                         "mnist", tmp_path / "data.npz")
+    data = noise_dataset(tmp_path / "data.npz", classes=3, name="mnist")
     runs = {}
     for sde in ("gbm", "vp"):
         config = {"data": {"path": str(data)}, "sde": {"name": sde}, "model": {"size": "tiny"},

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from gbm.cli import main
-from gbm.data import RawDataset, save_prepared
+from helpers import noise_dataset
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -17,11 +17,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture
 def config_file(tmp_path):
-    rng = np.random.default_rng(0)
-    images = lambda n: rng.integers(0, 256, (n, 1, 8, 8), dtype=np.uint8)  # noqa: E731
-    labels = lambda n: rng.integers(0, 10, n).astype(np.int64)  # noqa: E731
-    data = save_prepared(RawDataset(images(32), labels(32), images(8), labels(8), source="synthetic"),
-                         "synthetic", tmp_path / "data.npz")
+    data = noise_dataset(tmp_path / "data.npz")
     config = {
         "data": {"path": str(data)},
         "sde": {"name": "gbm"},

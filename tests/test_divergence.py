@@ -10,13 +10,16 @@ import torch
 import yaml
 
 from gbm.cli import main
-from gbm.data import RawDataset, save_prepared
 from gbm.methods import method_of
 from gbm.methods.gbm import GBM, dale_langevin_update
 from gbm.metrics import load_image_set, metrics_from_features
 from gbm.runs import load_model
 from gbm.sampling import SamplerDiverged, sample
 from gbm.seeding import PerSampleGenerator
+from helpers import noise_dataset
+
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 SAMPLERS = {"gbm": "dale-langevin", "vp": "em", "cld": "sscs", "gbm-score": "dale-langevin"}
 # The final conv's bias that makes each network's score overflow float32 in its sampler's next update
@@ -24,23 +27,11 @@ SAMPLERS = {"gbm": "dale-langevin", "vp": "em", "cld": "sscs", "gbm-score": "dal
 BLOW_UP_BIAS = {"gbm": -3e38, "vp": 3e38, "cld": 3e38, "gbm-score": 3e38}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Tiny 4-step runs on a synthetic 1x8x8 dataset, one per SDE (trained on first use)."""
     root = tmp_path_factory.mktemp("divergence")
-    rng = np.random.default_rng(0)
-    images = lambda n: rng.integers(0, 256, (n, 1, 8, 8), dtype=np.uint8)  # noqa: E731
-    labels = lambda n: rng.integers(0, 10, n).astype(np.int64)  # noqa: E731
-    data = save_prepared(RawDataset(images(32), labels(32), images(8), labels(8), source="synthetic"), "synthetic",
-                         root / "data.npz")
+    data = noise_dataset(root / "data.npz")
     trained = {}
 
     def run(sde):

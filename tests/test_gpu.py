@@ -22,13 +22,13 @@ import torch
 
 from gbm.cli import main
 from gbm.config import config_from_dict
-from gbm.data import RawDataset, save_prepared
 from gbm.methods import method_of
 from gbm.models import state_shape
 from gbm.runs import load_model
 from gbm.sampling import sample
 from gbm.seeding import PerSampleGenerator
 from gbm.training import prepare, train
+from helpers import blob_dataset
 
 pytestmark = [pytest.mark.gpu, pytest.mark.usefixtures("one_thread")]
 
@@ -47,21 +47,6 @@ FEATURE_RTOL = 1e-2
 BATCH_RTOL, BATCH_ATOL = 1e-4, 1e-5
 
 
-def write_dataset(path: Path, n: int = 32, size: int = 8, seed: int = 0) -> Path:
-    """A small prepared dataset of noisy bright blobs (8x8 grayscale) with labels."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-
-    def images(count):
-        centres = rng.uniform(2, size - 2, (count, 2))
-        blobs = np.exp(-((yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2) / 4.0)
-        return (255 * blobs[:, None] + rng.normal(0, 8, (count, 1, size, size))).clip(0, 255).astype(np.uint8)
-
-    labels = lambda count: rng.integers(0, 10, count).astype(np.int64)  # noqa: E731
-    save_prepared(RawDataset(images(n), labels(n), images(n // 2), labels(n // 2), source="synthetic"), "synthetic", path)
-    return path
-
-
 def tiny_config(data: Path, method: str, **train_options):
     return config_from_dict({
         "seed": 3,
@@ -75,7 +60,7 @@ def tiny_config(data: Path, method: str, **train_options):
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("data") / "synthetic.npz")
+    return blob_dataset(tmp_path_factory.mktemp("data") / "synthetic.npz", n=32)
 
 
 @pytest.fixture(scope="module")

@@ -14,23 +14,18 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 import yaml
 
-from gbm.data import RawDataset, save_prepared
 from gbm.runs import RunDir
+from helpers import noise_dataset
 
 GBM = str(Path(sys.executable).parent / "gbm")
 
 
 def tiny_gbm_train_config(root: Path, *, steps: int, checkpoint_every: int, log_every: int) -> Path:
     """A tiny GBM training config on synthetic 8x8 images (batch 8), written under ``root``."""
-    rng = np.random.default_rng(0)
-    images = lambda n: rng.integers(0, 256, (n, 1, 8, 8), dtype=np.uint8)  # noqa: E731
-    labels = lambda n: rng.integers(0, 10, n).astype(np.int64)  # noqa: E731
-    data = save_prepared(RawDataset(images(32), labels(32), images(8), labels(8), source="synthetic"),
-                         "synthetic", root / "data.npz")
+    data = noise_dataset(root / "data.npz")
     path = root / "train.yaml"
     path.write_text(yaml.safe_dump({
         "data": {"path": str(data)}, "sde": {"name": "gbm"}, "model": {"size": "tiny"},

@@ -21,7 +21,8 @@ from gbm.runs import load_model
 from gbm.speed import Speed, apply_to_model
 from gbm.training import prepare, train
 import test_gpu
-from test_gpu import NO_CUDA, SAMPLE_RTOL, final_states, relative_difference, tiny_config, write_dataset
+from test_gpu import NO_CUDA, SAMPLE_RTOL, final_states, relative_difference, tiny_config
+from helpers import blob_dataset
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -31,7 +32,7 @@ ALL_ON = {"precision": "bf16", "tf32": True, "channels_last": True}
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    return write_dataset(tmp_path_factory.mktemp("data") / "synthetic.npz")
+    return blob_dataset(tmp_path_factory.mktemp("data") / "synthetic.npz", n=32)
 
 
 def forward_before_the_switches(self, x, t):

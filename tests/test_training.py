@@ -3,13 +3,11 @@
 import csv
 import math
 
-import numpy as np
 import pytest
 import torch
 
 from gbm import training
 from gbm.config import config_from_dict, load_config
-from gbm.data import RawDataset, save_prepared
 from gbm.ema import EMA
 from gbm.pixels import to_positive
 from gbm.runs import RunDir, load_model
@@ -18,25 +16,10 @@ from gbm.data.toy import two_spirals
 from gbm.methods.gbm import GBM
 from toy_distributions import sliced_wasserstein
 from gbm.training import TrainingDiverged, prepare, train
+from helpers import blob_dataset
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def write_synthetic_dataset(path, n=48, size=8, channels=1, seed=0):
-    """A small prepared dataset in the canonical format: noisy blobs of random brightness."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size]
-
-    def images(count):
-        centres = rng.uniform(2, size - 2, (count, 2))
-        blobs = np.exp(-((yy - centres[:, :1, None]) ** 2 + (xx - centres[:, 1:, None]) ** 2) / 4.0)
-        pixels = 255 * blobs[:, None].repeat(channels, axis=1) + rng.normal(0, 8, (count, channels, size, size))
-        return pixels.clip(0, 255).astype(np.uint8)
-
-    labels = lambda count: rng.integers(0, 10, count).astype(np.int64)  # noqa: E731
-    raw = RawDataset(images(n), labels(n), images(n // 2), labels(n // 2), source="synthetic")
-    return save_prepared(raw, "synthetic", path)
 
 
 def image_config(data_path, **train):
@@ -68,7 +51,7 @@ def interrupt_after(setup, calls):
 
 
 def test_resume_after_interruption_gives_bitwise_identical_weights(tmp_path):
-    data = write_synthetic_dataset(tmp_path / "data.npz")
+    data = blob_dataset(tmp_path / "data.npz")
     config = image_config(data)
     train(config, tmp_path / "straight", device="cpu", progress=False)
 
@@ -91,7 +74,7 @@ def test_resume_after_interruption_gives_bitwise_identical_weights(tmp_path):
 
 
 def test_extending_a_finished_run_continues_from_its_last_checkpoint(tmp_path):
-    data = write_synthetic_dataset(tmp_path / "data.npz")
+    data = blob_dataset(tmp_path / "data.npz")
     train(image_config(data, steps=4), tmp_path / "run", device="cpu", progress=False)
     metrics = train(image_config(data, steps=6), tmp_path / "run", device="cpu", progress=False)
     assert metrics["resumed_from_step"] == 4 and metrics["steps"] == 6
@@ -100,7 +83,7 @@ def test_extending_a_finished_run_continues_from_its_last_checkpoint(tmp_path):
 
 
 def test_non_finite_loss_stops_training_without_checkpointing_bad_weights(tmp_path):
-    data = write_synthetic_dataset(tmp_path / "data.npz")
+    data = blob_dataset(tmp_path / "data.npz")
     config = image_config(data)
     setup = prepare(config, "cpu")
     loss_fn, count = setup.loss_fn, [0]
@@ -121,7 +104,7 @@ def test_non_finite_loss_stops_training_without_checkpointing_bad_weights(tmp_pa
 
 
 def test_non_finite_weights_with_finite_loss_are_never_checkpointed(tmp_path):
-    data = write_synthetic_dataset(tmp_path / "data.npz")
+    data = blob_dataset(tmp_path / "data.npz")
     config = image_config(data, checkpoint_every=3)
     setup = prepare(config, "cpu")
     loss_fn, count = setup.loss_fn, [0]
@@ -141,7 +124,7 @@ def test_non_finite_weights_with_finite_loss_are_never_checkpointed(tmp_path):
 
 
 def test_model_file_holds_ema_weights_and_the_prior_fitted_to_the_training_data(tmp_path):
-    data = write_synthetic_dataset(tmp_path / "data.npz")
+    data = blob_dataset(tmp_path / "data.npz")
     train(image_config(data), tmp_path / "run", device="cpu", progress=False)
     model, record = load_model(tmp_path / "run")
     from gbm.data import load_prepared
@@ -207,7 +190,7 @@ def test_config_errors_name_the_key(tmp_path, override, key):
     ({"train": {"batch_size": 1000}}, "train.batch_size"),
 ])
 def test_setup_errors_name_the_field_before_any_work(tmp_path, override, key):
-    data = write_synthetic_dataset(tmp_path / "data.npz")
+    data = blob_dataset(tmp_path / "data.npz")
     raw = image_config(data).to_dict()
     for section, values in override.items():
         raw[section] = values if section == "sde" else raw[section] | values
@@ -216,7 +199,7 @@ def test_setup_errors_name_the_field_before_any_work(tmp_path, override, key):
 
 
 def test_image_shape_the_network_cannot_take_is_refused_naming_the_field(tmp_path):
-    data = write_synthetic_dataset(tmp_path / "data.npz", size=10)
+    data = blob_dataset(tmp_path / "data.npz", size=10)
     with pytest.raises(ValueError, match="height 10"):
         train(image_config(data), tmp_path / "run", device="cpu", progress=False)
     assert not (tmp_path / "run").exists()

@@ -15,8 +15,8 @@ import pytest
 import torch
 import yaml
 
-from gbm.data import RawDataset, save_prepared
 from gbm.jobs.warm.client import SOCKET_ENV
+from helpers import noise_dataset
 
 GBM = str(Path(sys.executable).parent / "gbm")
 
@@ -64,11 +64,7 @@ def gbm(args, *, cwd, socket_path=None, threads="1", **popen):
 @pytest.fixture(scope="module")
 def train_config(tmp_path_factory):
     folder = tmp_path_factory.mktemp("config")
-    rng = np.random.default_rng(0)
-    images = lambda n: rng.integers(0, 256, (n, 1, 8, 8), dtype=np.uint8)  # noqa: E731
-    labels = lambda n: rng.integers(0, 10, n).astype(np.int64)  # noqa: E731
-    data = save_prepared(RawDataset(images(64), labels(64), images(16), labels(16), source="synthetic"),
-                         "synthetic", folder / "data.npz")
+    data = noise_dataset(folder / "data.npz", n_train=64, n_test=16)
     config = {"data": {"path": str(data)}, "sde": {"name": "gbm"}, "model": {"size": "tiny"},
               "train": {"steps": 6, "batch_size": 8, "checkpoint_every": 3, "log_every": 1}}
     (folder / "train.yaml").write_text(yaml.safe_dump(config))
