@@ -36,8 +36,10 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile")]
 FAST = ["--slurm-init-seconds-before-status-checks", "5"]
 # The smoke config's compute jobs (rules declaring gpu=1): 2 methods x 2 seeds trained, 3 sampler rows x
 # 2 seeds sampled and scored, neighbours and the trajectory figure for the first seed, one FID floor.
-COMPUTE_JOBS = {"train": 4, "sample": 6, "score": 6, "neighbours": 3, "floor": 1, "figure_trajectories": 1}
-GPU_RULES = set(COMPUTE_JOBS) - {"neighbours"}  # neighbours reads stored features: CPU only, no GPU asked
+COMPUTE_JOBS = {"train": 4, "sample": 6, "score": 6, "neighbours": 3, "floor": 1, "figure_trajectories": 1,
+                "classifier": 1}
+# neighbours reads stored features, and the domain classifier trains on one CPU thread: no GPU asked
+GPU_RULES = set(COMPUTE_JOBS) - {"neighbours", "classifier"}
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 

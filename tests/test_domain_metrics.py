@@ -165,7 +165,8 @@ def _definition_fd(a, b):
 
 def _definition_kid(a, b):
     d = a.shape[1]
-    k = lambda x, y: (x @ y.T / d + 1) ** 3
+    def k(x, y):
+        return (x @ y.T / d + 1) ** 3
     kaa, kbb, kab = k(a, a), k(b, b), k(a, b)
     n, m = len(a), len(b)
     return float((kaa.sum() - np.trace(kaa)) / (n * (n - 1)) + (kbb.sum() - np.trace(kbb)) / (m * (m - 1))

@@ -185,7 +185,6 @@ def test_the_grid_figure_compares_grids_only_within_one_model_sampler_and_prior(
 def test_figure_intervals_are_the_tables_seed_mean_intervals(tmp_path):
     import json
 
-    import numpy as np
     import pandas as pd
 
     from gbm.reporting.figures import seed_mean_with_interval

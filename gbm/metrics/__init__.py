@@ -4,7 +4,8 @@ from gbm.metrics.features import LIBRARIES, extract_features, extractor_descript
 from gbm.metrics.inputs import ImageSet, load_image_set
 from gbm.metrics.neighbours import nearest_neighbours
 from gbm.metrics.reference import reference_features
-from gbm.metrics.scoring import metrics_from_features, score
+from gbm.metrics.distances import metrics_from_features
+from gbm.metrics.scoring import score
 from gbm.metrics.weights import WeightsUnavailableError, inception_weights
 
 __all__ = [

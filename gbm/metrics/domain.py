@@ -6,7 +6,7 @@ penultimate layer of a small CNN trained on the dataset's own training split ins
 
 - ``fd``: Fréchet distance between Gaussian fits of the 128-d features (the FID formula, another network);
 - ``kid``: unbiased MMD² with the cubic kernel ``(x·y/d + 1)^3``, d = 128;
-- intervals and FD_inf exactly as for Inception (``gbm.metrics.scoring.metrics_from_features``, which is
+- intervals and FD_inf exactly as for Inception (``gbm.metrics.distances.metrics_from_features``, which is
   generic in the feature array: the Gram form, half-sample intervals, torch-fidelity's KID);
 - ``class_tv``: total variation ``½ Σ_c |p_c - q_c|`` between the generated images' class histogram (argmax
   of the classifier) and the reference images' (the classifier's own predictions, so its errors cancel);
@@ -278,9 +278,9 @@ def domain_metrics(classifier: Classifier, real_images: np.ndarray, fake_images:
     """FD, KID (with intervals, precision/recall, FD_inf) in the classifier's features, class balance and
     confident share of ``fake_images`` against ``real_images`` (uint8, N x C x H x W each).
 
-    ``metric_options`` are those of ``gbm.metrics.scoring.metrics_from_features`` (kid_subsets, seed,
+    ``metric_options`` are those of ``gbm.metrics.distances.metrics_from_features`` (kid_subsets, seed,
     interval_draws, ...): the same protocol as the Inception metrics, applied to these features."""
-    from gbm.metrics.scoring import metrics_from_features
+    from gbm.metrics.distances import metrics_from_features
 
     began = time.perf_counter()
     real_features, real_probabilities = classifier.features(real_images, device)
