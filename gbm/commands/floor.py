@@ -6,7 +6,8 @@ FID_inf (in the output) shows how much of it is small-N bias.
 
 Also the pipeline's per-dataset features job: ``--save-reference`` writes the reference images' features
 (read by every ``gbm score --real-features``), ``--bank B --save-bank`` the first B training images'
-features (read by every ``gbm neighbours --data-features``), so each is extracted once per dataset.
+features (read by every ``gbm neighbours --data-features``), so each is extracted once per dataset. Each
+extraction shows a progress bar on stderr (``--no-progress``: none); the bank's takes minutes on a CPU.
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ def floor(path: Path, n: int, seed: int = 0, *, bank: int | None = None, save_ba
         began = time.perf_counter()
         images = ImageSet(train, f"{path}:train").first(min(bank, len(train)))
         library, mode = options.get("library", "torch-fidelity"), options.get("cleanfid_mode", "clean")
-        save_features(save_bank, images, extract_features(images.images, library, device=options.get("device", "auto"),
-                                                          cleanfid_mode=mode, what=images.description), library, mode)
+        features = extract_features(images.images, library, device=options.get("device", "auto"), cleanfid_mode=mode,
+                                    what=images.description, progress=options.get("progress", False))
+        save_features(save_bank, images, features, library, mode)
         result["timing"]["features_s"] += time.perf_counter() - began
         result["floor"]["bank"] = {"images": bank, "file": str(save_bank)}
     return result

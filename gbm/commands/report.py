@@ -187,7 +187,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out-dir", required=True)
     p.set_defaults(func=_tables)
 
-    p = steps.add_parser("comparisons", help="each configuration against the baseline: ΔFID/ΔKID, interval, verdict")
+    p = steps.add_parser("comparisons", help="each configuration against the baseline: ΔFID/ΔKID/Δ domain FD, "
+                                             "interval, verdict, collapsed evaluations")
     p.add_argument("--metrics", required=True, help="the aggregated CSV (its paths lead to each metrics.json)")
     p.add_argument("--baseline", default="vp/em", help="METHOD/SAMPLER compared against (config 'comparisons')")
     p.add_argument("--level", type=float, default=0.95)
@@ -224,7 +225,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_toy)
 
-    p = steps.add_parser("nfe", help="FID/KID versus NFE, and FID versus NFE per time grid")
+    p = steps.add_parser("nfe", help="FID/KID (and the domain FD) versus NFE, and FID versus NFE per time grid")
     p.add_argument("--metrics", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--grids-out", help="also draw FID versus NFE per time grid into this file")

@@ -4,15 +4,24 @@ The interval is Welch's t interval over training seeds (``gbm.metrics.seeds``): 
 model's training variation and its N samples' variation, so the seeds' spread is the whole uncertainty of the
 seed mean. Its 95 % coverage was verified by simulation at 2, 3 and 5 seeds (``COVERAGE_NOTE``). Fewer than two
 seeds on either side: no interval, verdict ``too few seeds``.
+
+The domain FD (docs/domain-metrics.md) gets the same interval and verdict where both sides were scored with the
+dataset's classifier (else ``n/a``). A comparison in which either side has a collapsed evaluation
+(``collapse.flagged``) names it in the ``collapsed`` column, beside the verdicts it enters.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from gbm.metrics.seeds import TOO_FEW, Arm, compare
+from gbm.reporting.tables import COLLAPSE_MARK, flagged
+
+#: Verdict of a metric one side was not scored with (the domain FD without a classifier).
+NO_METRIC = "n/a"
 
 #: What the captions say of the verdicts' coverage (gbm.metrics.seeds; benchmarks/bench_verdict_coverage.py).
 COVERAGE_NOTE = ("Welch t interval over training seeds (the seeds' spread carries training and sample variation); "
@@ -49,11 +58,34 @@ def comparisons_table(runs: pd.DataFrame, baseline: dict, *, level: float = 0.95
         for metric in ("fid", "kid"):
             result = compare(arm(group, metric), arm(reference, metric), level=level)
             row.update({f"{metric}_{k}": v for k, v in result.items()})
+        row.update(_domain_comparison(group, reference, level))
+        row["collapsed"] = "; ".join(collapsed_evaluations(side, name) for side, name in
+                                     ((group, f"{values['method']} / {values['sampler']}"),
+                                      (reference, f"{method} / {sampler}")) if flagged(side).any())
         rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:
         table.insert(len(columns), "level", level)
     return table
+
+
+def _domain_comparison(group: pd.DataFrame, reference: pd.DataFrame, level: float) -> dict:
+    """``domain_fd_{difference, low, high, df, verdict}``: ``compare`` on the domain FD, or NaN and ``n/a`` where a
+    side has an evaluation without it."""
+    finite = [bool(np.isfinite(side["domain_fd"].astype(float)).all()) if "domain_fd" in side else False
+              for side in (group, reference)]
+    if not all(finite):
+        return {"domain_fd_difference": float("nan"), "domain_fd_low": float("nan"), "domain_fd_high": float("nan"),
+                "domain_fd_df": float("nan"), "domain_fd_verdict": NO_METRIC}
+    result = compare(arm(group, "domain_fd"), arm(reference, "domain_fd"), level=level)
+    return {f"domain_fd_{k}": v for k, v in result.items()}
+
+
+def collapsed_evaluations(side: pd.DataFrame, name: str) -> str:
+    """``vp / em seed 0 (45.5 %)``: the collapsed evaluations of one side, with their collapsed share."""
+    rows = side[flagged(side)].sort_values("seed")
+    seeds = ", ".join(f"seed {int(r.seed)} ({100 * float(r.collapse_any):.1f} %)" for r in rows.itertuples(index=False))
+    return f"{name} {seeds}"
 
 
 def _display(table: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
@@ -64,6 +96,10 @@ def _display(table: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
     columns.update({
         "Steps": table["steps"].astype(int),
         "Seeds": table["seeds"].astype(str) + " vs " + table["baseline_seeds"].astype(str),
+    })
+    if "collapsed" in table and table["collapsed"].fillna("").astype(bool).any():
+        columns["Collapsed"] = [f"{COLLAPSE_MARK} {c}" if isinstance(c, str) and c else "–" for c in table["collapsed"]]
+    columns.update({
         f"{delta}FID [CI]": [_difference(d, lo, hi) for d, lo, hi in
                              zip(table["fid_difference"], table["fid_low"], table["fid_high"])],
         "FID verdict": table["fid_verdict"],
@@ -71,6 +107,11 @@ def _display(table: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
                                   zip(table["kid_difference"], table["kid_low"], table["kid_high"])],
         "KID verdict": table["kid_verdict"],
     })
+    if "domain_fd_verdict" in table and (table["domain_fd_verdict"] != NO_METRIC).any():
+        columns[f"{delta}Domain FD [CI]"] = [
+            NO_METRIC if pd.isna(d) else _difference(d, lo, hi)
+            for d, lo, hi in zip(table["domain_fd_difference"], table["domain_fd_low"], table["domain_fd_high"])]
+        columns["Domain FD verdict"] = table["domain_fd_verdict"]
     return pd.DataFrame(columns)
 
 
@@ -95,6 +136,15 @@ def write_comparisons(table: pd.DataFrame, out_dir: Path, name: str) -> list[Pat
                f"step count, N = {int(table['n'].iloc[0])}. Δ = configuration − baseline in the seed means "
                f"(negative is better) with a {level} {COVERAGE_NOTE}; 'not resolved' when the interval contains 0, "
                f"'{TOO_FEW}' (no interval) when a side has one seed.")
+    if (table["domain_fd_verdict"] != NO_METRIC).any():
+        caption += (" Domain FD: the same interval and verdict for the FD in the dataset's classifier features "
+                    "(docs/domain-metrics.md).")
+    if table["collapsed"].fillna("").astype(bool).any():
+        from gbm.metrics.collapse import FLAG_SHARE
+
+        caption += (f" {COLLAPSE_MARK} Collapsed: the evaluations of either side with more than {100 * FLAG_SHARE:g} % "
+                    f"of their frames empty, saturated, flat or duplicates (collapse.flagged, with that share); their "
+                    f"seeds' values enter that row's verdicts, which then judge a failure, not a working sampler.")
     written = {
         "comparisons.csv": table.to_csv(index=False),
         "comparisons.md": markdown(_display(table), caption),

@@ -105,19 +105,32 @@ def method_figures(method_name: str, figure: str, outputs: list[tuple[Path, dict
         save(draw(**arguments), png)
 
 
+#: The panels of ``metric_vs_nfe``: column, axis name; the domain FD's only where the runs have it.
+NFE_METRICS = (("fid", "Inception FID"), ("kid", "Inception KID"), ("domain_fd", "domain FD"))
+
+
 def metric_vs_nfe(runs: pd.DataFrame, png: Path) -> None:
-    """FID and KID (mean over seeds, with the interval of ``seed_mean_with_interval``) against NFE, one panel
-    per dataset and metric."""
+    """FID, KID and (scored with ``--classifier``) the domain FD (mean over seeds, with the interval of
+    ``seed_mean_with_interval``) against NFE, one panel per dataset and metric; a red cross marks each collapsed
+    evaluation's own value (``collapse.flagged``), which the mean includes."""
+    from gbm.reporting.tables import flagged, has_domain
+
+    metrics = [(m, name) for m, name in NFE_METRICS if m != "domain_fd" or has_domain(runs, "domain_fd")]
     datasets = list(dict.fromkeys(runs["dataset"]))
-    fig, axes = plt.subplots(2, len(datasets), figsize=(4.2 * len(datasets), 6), squeeze=False)
-    runs = runs.assign(label=runs["method"] + " / " + runs["sampler"])
+    fig, axes = plt.subplots(len(metrics), len(datasets), figsize=(4.2 * len(datasets), 3 * len(metrics)),
+                             squeeze=False)
+    runs = runs.assign(label=runs["method"] + " / " + runs["sampler"], collapsed=flagged(runs))
     for col, dataset in enumerate(datasets):
         subset = runs[runs["dataset"] == dataset]
-        for row, (metric, name) in enumerate((("fid", "FID"), ("kid", "KID"))):
+        for row, (metric, name) in enumerate(metrics):
             ax = axes[row][col]
             lines = list(subset.groupby("label", sort=True))
             for (label, group), offset in zip(lines, _offsets(len(lines))):
                 _plot_with_interval(ax, seed_mean_with_interval(group, metric), label, offset)
+            collapsed = subset[subset["collapsed"]]
+            if len(collapsed):
+                ax.scatter(collapsed["nfe"], collapsed[metric], marker="x", s=40, color="red", zorder=3,
+                           label="collapsed evaluation")
             ax.set_xscale("log")
             ax.set_xlabel("NFE per sample")
             ax.set_ylabel(name)
@@ -234,20 +247,31 @@ VERDICT_COLOURS = {"better": "tab:green", "worse": "tab:red", "not resolved": "t
 
 
 def comparison_figure(table: pd.DataFrame, png: Path) -> None:
-    """ΔFID and ΔKID against the baseline with their intervals, one row per configuration, coloured by verdict."""
+    """ΔFID, ΔKID and (where compared) Δ domain FD against the baseline with their intervals, one row per
+    configuration, coloured by verdict; a configuration whose comparison has a collapsed evaluation is labelled
+    ``(collapsed)``."""
     datasets = list(dict.fromkeys(table["dataset"]))
     labels = table["method"] + " / " + table["sampler"]
     if "prior" in table:
         labels = labels + table["prior"].map(lambda p: "" if pd.isna(p) else f" ({p})")
-    table = table.assign(label=labels + " · " + table["steps"].astype(int).astype(str) + " steps")
+    labels = labels + " · " + table["steps"].astype(int).astype(str) + " steps"
+    if "collapsed" in table:
+        labels = labels + table["collapsed"].map(lambda c: " (collapsed)" if isinstance(c, str) and c else "")
+    table = table.assign(label=labels)
+    metrics = [("fid", "ΔFID", 1.0), ("kid", "ΔKID ×10³", 1e3)]
+    if "domain_fd_verdict" in table and (table["domain_fd_verdict"] != "n/a").any():
+        metrics.append(("domain_fd", "Δ domain FD", 1.0))
     rows = max(len(table[table["dataset"] == d]) for d in datasets)
-    fig, axes = plt.subplots(len(datasets), 2, figsize=(9, 0.35 * rows * len(datasets) + 1.4 * len(datasets)),
+    fig, axes = plt.subplots(len(datasets), len(metrics),
+                             figsize=(4.5 * len(metrics), 0.35 * rows * len(datasets) + 1.4 * len(datasets)),
                              squeeze=False, layout="constrained")
     for r, dataset in enumerate(datasets):
         subset = table[table["dataset"] == dataset].reset_index(drop=True)
-        for c, (metric, name, scale) in enumerate((("fid", "ΔFID", 1.0), ("kid", "ΔKID ×10³", 1e3))):
+        for c, (metric, name, scale) in enumerate(metrics):
             ax = axes[r][c]
             for y, row in subset.iterrows():
+                if row[f"{metric}_verdict"] not in VERDICT_COLOURS:  # not compared on this metric
+                    continue
                 centre, low, high = (scale * row[f"{metric}_{k}"] for k in ("difference", "low", "high"))
                 colour = VERDICT_COLOURS[row[f"{metric}_verdict"]]
                 xerr = None if pd.isna(low) or pd.isna(high) else [[centre - low], [high - centre]]

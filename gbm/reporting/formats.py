@@ -21,7 +21,7 @@ def latex(table: pd.DataFrame, caption: str, label: str) -> str:
     text = max(1, next((i for i, c in enumerate(table.columns) if c not in TEXT_COLUMNS), len(table.columns)))
     def cell(value) -> str:
         text = str(value).replace("_", r"\_").replace("×10³", r"$\times 10^3$").replace("–", "--").replace("∞", r"$_\infty$")
-        return text
+        return text.replace("%", r"\%").replace("⚠", r"\textbf{(!)}")
 
     lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{cell(caption)}}}", rf"\label{{{label}}}",
              r"\begin{tabular}{" + "l" * text + "r" * (len(table.columns) - text) + "}", r"\toprule",

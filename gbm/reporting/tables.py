@@ -7,6 +7,11 @@ the t interval of the seed mean over seeds (``gbm.metrics.seeds``; one seed: tha
 over its samples), FID_inf (N-debiased FID, ``gbm.metrics.uncertainty``, where N allows it) and the largest share
 of non-finite images (``nonfinite``, non-zero only for ``--allow-nonfinite`` samples). Failed evaluations
 (``gbm.reporting.failures``) are listed beside the tables, never left out silently.
+
+Scored with ``--classifier`` (docs/domain-metrics.md), each row also carries the domain FD and KID (mean ± std
+over seeds, the seed mean's interval like FID's), class TV, the confident share and the largest collapse share
+over its seeds; a row with a collapsed evaluation (``collapse.flagged``) is marked in the Markdown table and
+named under it with its seed and shares. Without those blocks the columns are empty.
 """
 
 from __future__ import annotations
@@ -29,6 +34,20 @@ PRIOR_NOTE = ("Prior: the start distribution x_T; for GBM 'iid' is the paper's p
               "'fixed' is an additive SDE's own Gaussian prior.")
 GUIDANCE_MARK = "†"
 GUIDANCE_NOTE = f"{GUIDANCE_MARK} closed-form kernel discriminator guidance, a reconstruction (SPEC §7), not the authors' recipe."
+COLLAPSE_MARK = "⚠"
+DOMAIN_NOTE = ("Domain FD/KID: the same distances in the features of a classifier trained on the dataset "
+               "(docs/domain-metrics.md), mean ± std over seeds, CI as for FID; class TV: total variation between "
+               "the generated and the reference class histograms (mode balance); confident %: share of images "
+               "the classifier assigns a class with probability > 0.9 (recognisability).")
+
+
+def collapse_rule() -> str:
+    """What ``collapse.flagged`` means, for the captions."""
+    from gbm.metrics.collapse import FLAG_SHARE
+
+    return (f"Collapsed %: the largest share over seeds of frames that are empty, saturated, flat or duplicates "
+            f"(gbm.metrics.collapse); {COLLAPSE_MARK} marks a row with an evaluation above {100 * FLAG_SHARE:g} % "
+            f"(collapse.flagged): its seed is in the means, named under the table, not a working sampler.")
 
 
 def pick(values: dict, *names, default=None):
@@ -132,9 +151,34 @@ def evaluation_row(metrics_path: Path) -> dict:
         "nonfinite": pick(stats, "nonfinite", default=0.0),
         "sample_wall_s": pick(stats, "wall_time_s", "wall_time", "wall_s"),
         "score_wall_s": pick(metrics, "wall_time_s", "wall_time", "wall_s"),
+        **domain_columns(metrics),
         "path": str(eval_dir),
     }
     return row | training_settings(training) | sampling_settings(stats)
+
+
+#: The collapse counters of ``gbm.metrics.collapse`` as ``collapse_{name}`` columns (shares of frames).
+COLLAPSE_COUNTERS = ("empty", "saturated", "flat", "duplicate", "nonfinite")
+
+
+def domain_columns(metrics: dict) -> dict:
+    """The ``domain`` and ``collapse`` blocks of a metrics.json (or floor.json) as flat columns; None where the
+    file has no such block (scored without ``--classifier``)."""
+    domain, collapse = metrics.get("domain") or {}, metrics.get("collapse") or {}
+    return {
+        "domain_fd": domain.get("fd"),
+        "domain_fd_ci_low": _interval(domain, "fd_ci")[0],
+        "domain_fd_ci_high": _interval(domain, "fd_ci")[1],
+        "domain_fd_inf": domain.get("fd_inf"),
+        "domain_kid": domain.get("kid"),
+        "domain_kid_ci_low": _interval(domain, "kid_ci")[0],
+        "domain_kid_ci_high": _interval(domain, "kid_ci")[1],
+        "class_tv": domain.get("class_tv"),
+        "confident_share": domain.get("confident_share"),
+        **{f"collapse_{name}": collapse.get(name) for name in COLLAPSE_COUNTERS},
+        "collapse_any": collapse.get("any"),
+        "collapse_flagged": collapse.get("flagged"),
+    }
 
 
 def _prior_label(stats: dict) -> str:
@@ -168,6 +212,25 @@ def failed_table(failed: list[tuple[Path, Path]]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=FAILED_COLUMNS)
 
 
+def flagged(runs: pd.DataFrame) -> pd.Series:
+    """Per row: whether its evaluation collapsed (``collapse.flagged``); False where it has no collapse block
+    (also when ``metrics.csv`` read back holds the flag as text, or the column is missing)."""
+    if "collapse_flagged" not in runs:
+        return pd.Series(False, index=runs.index)
+    return runs["collapse_flagged"].map(lambda v: v is True or str(v).strip().lower() in ("true", "1", "1.0"))
+
+
+def collapse_note(row: dict) -> str:
+    """``seed 0, 45.5 % of frames (23.5 % empty, 22.0 % saturated, 8.0 % duplicate)`` for one flagged row."""
+    def share(name: str) -> float:
+        value = row.get(f"collapse_{name}")
+        return math.nan if value is None or pd.isna(value) else float(value)
+
+    parts = [f"{100 * share(name):.1f} % {name}" for name in COLLAPSE_COUNTERS if share(name) > 0]
+    total = "n/a" if math.isnan(share("any")) else f"{100 * share('any'):.1f} %"
+    return f"seed {int(row['seed'])}, {total} of frames" + (f" ({', '.join(parts)})" if parts else "")
+
+
 def _mean_std(values: pd.Series) -> tuple[float, float]:
     values = values.dropna().astype(float)
     if values.empty:
@@ -186,7 +249,7 @@ def seed_mean_interval(group: pd.DataFrame, metric: str) -> tuple[float, float, 
     from gbm.metrics.seeds import mean_interval
 
     levels = group["ci_level"].dropna().unique() if "ci_level" in group else []
-    if len(levels) != 1:
+    if len(levels) != 1 or metric not in group or not group[metric].astype(float).map(math.isfinite).all():
         return math.nan, math.nan, math.nan, ""
     level = float(levels[0])
     if len(group) == 1:
@@ -195,8 +258,27 @@ def seed_mean_interval(group: pd.DataFrame, metric: str) -> tuple[float, float, 
     return low, high, level, OVER_SEEDS
 
 
+def _domain_summary(group: pd.DataFrame) -> dict:
+    """The domain and collapse columns of one benchmark row (NaN/empty where the runs have none)."""
+    group = group.assign(**{c: math.nan for c in domain_columns({}) if c not in group})
+    fd_mean, fd_std = _mean_std(group["domain_fd"])
+    kid_mean, kid_std = _mean_std(group["domain_kid"])
+    fd_low, fd_high, _, _ = seed_mean_interval(group, "domain_fd")
+    kid_low, kid_high, _, _ = seed_mean_interval(group, "domain_kid")
+    collapsed = group[flagged(group)].sort_values("seed")
+    return dict(domain_fd_mean=fd_mean, domain_fd_std=fd_std, domain_fd_ci_low=fd_low, domain_fd_ci_high=fd_high,
+                domain_fd_inf=_mean_std(group["domain_fd_inf"])[0], domain_kid_mean=kid_mean, domain_kid_std=kid_std,
+                domain_kid_ci_low=kid_low, domain_kid_ci_high=kid_high, class_tv_mean=_mean_std(group["class_tv"])[0],
+                confident_share_mean=_mean_std(group["confident_share"])[0],
+                collapse_max=float(group["collapse_any"].astype(float).max()),
+                collapsed_seeds=" ".join(str(int(s)) for s in collapsed["seed"]),
+                collapsed="; ".join(collapse_note(r) for r in collapsed.to_dict("records")))
+
+
 def benchmark_table(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean ± std over seeds per dataset × method × sampler × step count, the seed mean's interval, FID_inf."""
+    """Mean ± std over seeds per dataset × method × sampler × step count, the seed mean's interval, FID_inf;
+    then the domain metrics the same way, the largest collapse share and the collapsed seeds
+    (``_domain_summary``)."""
     rows = []
     group_by = GROUP[:3] + (["prior"] if "prior" in runs else []) + GROUP[3:]
     for key, group in runs.groupby(group_by, sort=False, dropna=False):
@@ -212,7 +294,7 @@ def benchmark_table(runs: pd.DataFrame) -> pd.DataFrame:
                          nonfinite=float(group["nonfinite"].fillna(0).max()) if "nonfinite" in group else 0.0,
                          seeds=len(group), fid_mean=fid_mean, fid_std=fid_std, kid_mean=kid_mean, kid_std=kid_std,
                          ci_level=level, ci_over=over, fid_ci_low=fid_low, fid_ci_high=fid_high, kid_ci_low=kid_low,
-                         kid_ci_high=kid_high, fid_inf=fid_inf))
+                         kid_ci_high=kid_high, fid_inf=fid_inf) | _domain_summary(group))
     return pd.DataFrame(rows)
 
 
@@ -232,6 +314,8 @@ def floor_table(floor_paths: list[Path]) -> pd.DataFrame:
             "fid_ci_low": _interval(values, "fid_ci")[0],
             "fid_ci_high": _interval(values, "fid_ci")[1],
             "fid_inf": pick(values, "fid_inf"),
+            **{k: v for k, v in domain_columns(values).items() if not k.startswith("collapse_")
+               or k == "collapse_any"},
         })
     return pd.DataFrame(rows)
 
@@ -273,11 +357,35 @@ def _display(table: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
     })
     if (table["nonfinite"] > 0).any():
         shown["Non-finite %"] = [f"{100 * v:.1f}" for v in table["nonfinite"]]
+    if has_domain(table, "domain_fd_mean"):
+        shown["Domain FD"] = [_pm(m, s, 2, latex) for m, s in zip(table["domain_fd_mean"], table["domain_fd_std"])]
+        shown["Domain FD CI"] = [_ci(lo, hi) for lo, hi in zip(table["domain_fd_ci_low"], table["domain_fd_ci_high"])]
+        shown["Domain KID"] = [_pm(m, s, 3, latex) for m, s in zip(table["domain_kid_mean"], table["domain_kid_std"])]
+        shown["Class TV"] = table["class_tv_mean"].map(lambda v: _number(v, 3))
+        shown["Confident %"] = table["confident_share_mean"].map(lambda v: _number(100 * v, 1))
+    if has_domain(table, "collapse_max"):
+        marked = table["collapsed_seeds"].fillna("").astype(str) != ""
+        shown["Collapsed %"] = [_number(100 * v, 1) + (f" {COLLAPSE_MARK}" if m else "")
+                                for v, m in zip(table["collapse_max"], marked)]
+        shown["Sampler"] = [f"{s} {COLLAPSE_MARK}" if m else s for s, m in zip(shown["Sampler"], marked)]
     return shown
 
 
+def has_domain(table: pd.DataFrame, column: str) -> bool:
+    """Whether any row has a value in ``column`` (scored with ``--classifier``)."""
+    return column in table and table[column].notna().any()
+
+
+def collapse_notes(table: pd.DataFrame) -> list[str]:
+    """One line per row with a collapsed evaluation: the row, then each collapsed seed and its shares."""
+    if "collapsed" not in table:
+        return []
+    return [f"{COLLAPSE_MARK} collapsed: {r.dataset} / {r.method} / {r.sampler} / {int(r.steps)} steps: {r.collapsed}"
+            for r in table.itertuples(index=False) if isinstance(r.collapsed, str) and r.collapsed]
+
+
 def _floor_display(floor: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({
+    shown = pd.DataFrame({
         "Dataset": floor["dataset"],
         "Split vs ref.": floor["split"].astype(str) + " vs " + floor["reference_split"].astype(str),
         "N": floor["n"],
@@ -286,6 +394,13 @@ def _floor_display(floor: pd.DataFrame) -> pd.DataFrame:
         "FID∞": floor["fid_inf"].map(_number),
         "KID ×10³": floor["kid"].map(lambda v: "n/a" if v is None or pd.isna(v) else f"{1e3 * v:.2f}"),
     })
+    if has_domain(floor, "domain_fd"):
+        shown["Domain FD"] = floor["domain_fd"].map(_number)
+        shown["Domain FD CI"] = [_ci(lo, hi) for lo, hi in zip(floor["domain_fd_ci_low"], floor["domain_fd_ci_high"])]
+        shown["Domain KID"] = floor["domain_kid"].map(lambda v: _number(v, 3))
+        shown["Class TV"] = floor["class_tv"].map(lambda v: _number(v, 3))
+        shown["Confident %"] = floor["confident_share"].map(lambda v: _number(100 * v, 1))
+    return shown
 
 
 def write_tables(runs: pd.DataFrame, floor: pd.DataFrame, out_dir: Path, name: str,
@@ -310,6 +425,10 @@ def write_tables(runs: pd.DataFrame, floor: pd.DataFrame, out_dir: Path, name: s
     caption += " " + PRIOR_NOTE
     if table["guided"].any():
         caption += " " + GUIDANCE_NOTE
+    if has_domain(table, "domain_fd_mean"):
+        caption += " " + DOMAIN_NOTE
+    if has_domain(table, "collapse_max"):
+        caption += " " + collapse_rule()
     if (table["nonfinite"] > 0).any():
         caption += (" Non-finite %: share of images whose sampler state became NaN or infinite (sampled with "
                     "--allow-nonfinite); their FID/KID are not those of a working sampler.")
@@ -319,13 +438,20 @@ def write_tables(runs: pd.DataFrame, floor: pd.DataFrame, out_dir: Path, name: s
         failures = "\nFailed evaluations (no metrics):\n\n" + "\n".join(
             f"- {r.dataset} / {r.method} / seed {r.seed} / {r.sampler} / {r.steps} steps: {r.reason}"
             for r in failed.itertuples(index=False)) + "\n"
+    notes = collapse_notes(table)
+    collapsed = "\nCollapsed evaluations (in the means above; not a working sampler):\n\n" + "\n".join(
+        f"- {note}" for note in notes) + "\n" if notes else ""
     floor_caption = (f"Real-vs-real floor (benchmark '{name}'): the same N and feature extractor; CI: interval of "
                      f"the printed FID over random halves of the training subset (reference fixed); FID∞ the "
                      f"N-debiased FID, near 0 when unbiased (n/a below N = 4096).")
+    if has_domain(floor, "domain_fd"):
+        floor_caption += (" Domain FD (CI over random halves, like FID's), domain KID, class TV and confident %: "
+                          "the same metrics in the dataset's classifier features, the values a model is read against.")
+    latex_caption = caption.replace("±", r"$\pm$") + "".join(f" {note}." for note in notes)
     written = {
         "benchmark.csv": table.to_csv(index=False),
-        "benchmark.md": markdown(_display(table), caption) + failures,
-        "benchmark.tex": latex(_display(table, latex=True), caption.replace("±", r"$\pm$"), "tab:benchmark"),
+        "benchmark.md": markdown(_display(table), caption) + collapsed + failures,
+        "benchmark.tex": latex(_display(table, latex=True), latex_caption, "tab:benchmark"),
         "floor.csv": floor.to_csv(index=False),
         "floor.md": markdown(_floor_display(floor), floor_caption),
         "floor.tex": latex(_floor_display(floor), floor_caption, "tab:floor"),
