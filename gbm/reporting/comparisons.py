@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from gbm.metrics.seeds import TOO_FEW, Arm, compare
-from gbm.reporting.tables import COLLAPSE_MARK, flagged
+from gbm.reporting.domain import COLLAPSE_MARK, flagged
 
 #: Verdict of a metric one side was not scored with (the domain FD without a classifier).
 NO_METRIC = "n/a"

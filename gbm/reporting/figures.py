@@ -113,7 +113,7 @@ def metric_vs_nfe(runs: pd.DataFrame, png: Path) -> None:
     """FID, KID and (scored with ``--classifier``) the domain FD (mean over seeds, with the interval of
     ``seed_mean_with_interval``) against NFE, one panel per dataset and metric; a red cross marks each collapsed
     evaluation's own value (``collapse.flagged``), which the mean includes."""
-    from gbm.reporting.tables import flagged, has_domain
+    from gbm.reporting.domain import flagged, has_domain
 
     metrics = [(m, name) for m, name in NFE_METRICS if m != "domain_fd" or has_domain(runs, "domain_fd")]
     datasets = list(dict.fromkeys(runs["dataset"]))

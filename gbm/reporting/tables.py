@@ -24,6 +24,8 @@ import pandas as pd
 
 from gbm.data.atomic import write_text_atomic
 from gbm.pipeline.layout import Evaluation
+from gbm.reporting.domain import (COLLAPSE_MARK, DOMAIN_NOTE, collapse_note, collapse_rule, domain_columns, flagged,
+                                  has_domain, interval_bounds)
 from gbm.reporting.formats import latex, markdown
 
 GROUP = ["dataset", "method", "sampler", "steps"]
@@ -34,20 +36,6 @@ PRIOR_NOTE = ("Prior: the start distribution x_T; for GBM 'iid' is the paper's p
               "'fixed' is an additive SDE's own Gaussian prior.")
 GUIDANCE_MARK = "†"
 GUIDANCE_NOTE = f"{GUIDANCE_MARK} closed-form kernel discriminator guidance, a reconstruction (SPEC §7), not the authors' recipe."
-COLLAPSE_MARK = "⚠"
-DOMAIN_NOTE = ("Domain FD/KID: the same distances in the features of a classifier trained on the dataset "
-               "(docs/domain-metrics.md), mean ± std over seeds, CI as for FID; class TV: total variation between "
-               "the generated and the reference class histograms (mode balance); confident %: share of images "
-               "the classifier assigns a class with probability > 0.9 (recognisability).")
-
-
-def collapse_rule() -> str:
-    """What ``collapse.flagged`` means, for the captions."""
-    from gbm.metrics.collapse import FLAG_SHARE
-
-    return (f"Collapsed %: the largest share over seeds of frames that are empty, saturated, flat or duplicates "
-            f"(gbm.metrics.collapse); {COLLAPSE_MARK} marks a row with an evaluation above {100 * FLAG_SHARE:g} % "
-            f"(collapse.flagged): its seed is in the means, named under the table, not a working sampler.")
 
 
 def pick(values: dict, *names, default=None):
@@ -61,11 +49,6 @@ def pick(values: dict, *names, default=None):
         else:
             return node
     return default
-
-
-def _interval(metrics: dict, key: str) -> tuple:
-    value = metrics.get(key)
-    return tuple(value) if isinstance(value, list) and len(value) == 2 else (None, None)
 
 
 def _read_json(path: Path) -> dict:
@@ -136,10 +119,10 @@ def evaluation_row(metrics_path: Path) -> dict:
         "fid": pick(metrics, "fid", "FID"),
         "kid": pick(metrics, "kid_mean", "kid.mean", "KID") if not isinstance(kid, (int, float)) else kid,
         "kid_subset_std": pick(metrics, "kid_std", "kid.std"),
-        "fid_ci_low": _interval(metrics, "fid_ci")[0],
-        "fid_ci_high": _interval(metrics, "fid_ci")[1],
-        "kid_ci_low": _interval(metrics, "kid_ci")[0],
-        "kid_ci_high": _interval(metrics, "kid_ci")[1],
+        "fid_ci_low": interval_bounds(metrics, "fid_ci")[0],
+        "fid_ci_high": interval_bounds(metrics, "fid_ci")[1],
+        "kid_ci_low": interval_bounds(metrics, "kid_ci")[0],
+        "kid_ci_high": interval_bounds(metrics, "kid_ci")[1],
         "ci_level": pick(metrics, "protocol.intervals.level"),
         "fid_inf": pick(metrics, "fid_inf"),
         "precision": pick(metrics, "precision"),
@@ -155,30 +138,6 @@ def evaluation_row(metrics_path: Path) -> dict:
         "path": str(eval_dir),
     }
     return row | training_settings(training) | sampling_settings(stats)
-
-
-#: The collapse counters of ``gbm.metrics.collapse`` as ``collapse_{name}`` columns (shares of frames).
-COLLAPSE_COUNTERS = ("empty", "saturated", "flat", "duplicate", "nonfinite")
-
-
-def domain_columns(metrics: dict) -> dict:
-    """The ``domain`` and ``collapse`` blocks of a metrics.json (or floor.json) as flat columns; None where the
-    file has no such block (scored without ``--classifier``)."""
-    domain, collapse = metrics.get("domain") or {}, metrics.get("collapse") or {}
-    return {
-        "domain_fd": domain.get("fd"),
-        "domain_fd_ci_low": _interval(domain, "fd_ci")[0],
-        "domain_fd_ci_high": _interval(domain, "fd_ci")[1],
-        "domain_fd_inf": domain.get("fd_inf"),
-        "domain_kid": domain.get("kid"),
-        "domain_kid_ci_low": _interval(domain, "kid_ci")[0],
-        "domain_kid_ci_high": _interval(domain, "kid_ci")[1],
-        "class_tv": domain.get("class_tv"),
-        "confident_share": domain.get("confident_share"),
-        **{f"collapse_{name}": collapse.get(name) for name in COLLAPSE_COUNTERS},
-        "collapse_any": collapse.get("any"),
-        "collapse_flagged": collapse.get("flagged"),
-    }
 
 
 def _prior_label(stats: dict) -> str:
@@ -210,25 +169,6 @@ def failed_table(failed: list[tuple[Path, Path]]) -> pd.DataFrame:
 
     rows = [failed_row(eval_dir, sampling_failure(log)) for eval_dir, log in failed]
     return pd.DataFrame(rows, columns=FAILED_COLUMNS)
-
-
-def flagged(runs: pd.DataFrame) -> pd.Series:
-    """Per row: whether its evaluation collapsed (``collapse.flagged``); False where it has no collapse block
-    (also when ``metrics.csv`` read back holds the flag as text, or the column is missing)."""
-    if "collapse_flagged" not in runs:
-        return pd.Series(False, index=runs.index)
-    return runs["collapse_flagged"].map(lambda v: v is True or str(v).strip().lower() in ("true", "1", "1.0"))
-
-
-def collapse_note(row: dict) -> str:
-    """``seed 0, 45.5 % of frames (23.5 % empty, 22.0 % saturated, 8.0 % duplicate)`` for one flagged row."""
-    def share(name: str) -> float:
-        value = row.get(f"collapse_{name}")
-        return math.nan if value is None or pd.isna(value) else float(value)
-
-    parts = [f"{100 * share(name):.1f} % {name}" for name in COLLAPSE_COUNTERS if share(name) > 0]
-    total = "n/a" if math.isnan(share("any")) else f"{100 * share('any'):.1f} %"
-    return f"seed {int(row['seed'])}, {total} of frames" + (f" ({', '.join(parts)})" if parts else "")
 
 
 def _mean_std(values: pd.Series) -> tuple[float, float]:
@@ -311,8 +251,8 @@ def floor_table(floor_paths: list[Path]) -> pd.DataFrame:
             "fid": pick(values, "fid", "FID"),
             "kid": pick(values, "kid_mean", "kid.mean"),
             "kid_subset_std": pick(values, "kid_std", "kid.std"),
-            "fid_ci_low": _interval(values, "fid_ci")[0],
-            "fid_ci_high": _interval(values, "fid_ci")[1],
+            "fid_ci_low": interval_bounds(values, "fid_ci")[0],
+            "fid_ci_high": interval_bounds(values, "fid_ci")[1],
             "fid_inf": pick(values, "fid_inf"),
             **{k: v for k, v in domain_columns(values).items() if not k.startswith("collapse_")
                or k == "collapse_any"},
@@ -369,11 +309,6 @@ def _display(table: pd.DataFrame, latex: bool = False) -> pd.DataFrame:
                                 for v, m in zip(table["collapse_max"], marked)]
         shown["Sampler"] = [f"{s} {COLLAPSE_MARK}" if m else s for s, m in zip(shown["Sampler"], marked)]
     return shown
-
-
-def has_domain(table: pd.DataFrame, column: str) -> bool:
-    """Whether any row has a value in ``column`` (scored with ``--classifier``)."""
-    return column in table and table[column].notna().any()
 
 
 def collapse_notes(table: pd.DataFrame) -> list[str]:
