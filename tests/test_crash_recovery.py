@@ -200,7 +200,8 @@ def crash_config(tmp_path_factory) -> Path:
     """The smoke benchmark cut to one model (GBM, seed 0, one sampler) trained long enough to be killed between
     checkpoints: 120 steps, a checkpoint every 20, losses written every 5."""
     config = yaml.safe_load(SMOKE.read_text())
-    config.update(name=EXPERIMENT, seeds=[0], methods={"gbm": {"samplers": {"sign-agnostic": {"steps": [2]}}}})
+    config.update(name=EXPERIMENT, seeds=[0], methods={"gbm": {"samplers": {"sign-agnostic": {"steps": [2]}}}},
+                  warm_workers=True)  # the opt-in worker too must lose nothing when killed with its children
     config["train"].update(steps=120, checkpoint_every=20, log_every=5)
     path = tmp_path_factory.mktemp("crash-config") / "crash.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -218,6 +219,7 @@ def test_pipeline_killed_in_training_scoring_and_sync_then_rerun_equals_an_unint
     straight = Pipeline(with_data(tmp_path / "straight", prepared_mnist), crash_config, TARGETS)
     straight.run()
     straight_s = time.time() - began
+    worker_ran_every_job_and_stopped_with_snakemake(straight.worker_log())
 
     crashed = Pipeline(with_data(tmp_path / "crashed", prepared_mnist), crash_config, TARGETS)
     run_dir = crashed.results / "mnist" / "gbm" / "seed0" / "run"
@@ -269,6 +271,17 @@ def test_pipeline_killed_in_training_scoring_and_sync_then_rerun_equals_an_unint
     print(f"\ncrash test: uninterrupted run {straight_s:.0f} s; kills: {json.dumps(seen)}")
 
     assert differences(straight, crashed) == []
+
+
+def worker_ran_every_job_and_stopped_with_snakemake(log: str) -> None:
+    started, ended = log.count("started: gbm "), log.count("ended: {'exit': 0}")
+    assert started == ended > 5, log[-2000:]  # every job, and each one succeeded
+    for command in ("train", "sample", "score", "floor", "mlflow-sync", "report"):
+        assert f"started: gbm {command} " in log, command
+    assert "started: gbm write-config" not in log  # imports no torch: runs in its own process, beside the preload
+    assert log.rstrip().endswith("gbm worker: stopped")
+    # started while Snakemake parsed the run (a plain local command line), not again in onstart
+    assert log.startswith("gbm worker: starting while Snakemake parses the workflow") and log.count("starting") == 1
 
 
 def differences(straight: Pipeline, crashed: Pipeline) -> list[str]:

@@ -75,18 +75,15 @@ def test_smoke_benchmark_fills_the_tables(smoke):
     assert "±" in (smoke / "results" / "tables" / "benchmark.md").read_text()
 
 
-def test_smoke_benchmark_ran_every_job_in_one_warm_worker_that_stopped_with_it(smoke):
-    log = (smoke / "results" / "logs" / "warm_worker.log").read_text()
-    benchmarked = len(list((smoke / "results" / "benchmarks").glob("*/*.tsv")))
-    started, ended = log.count("started: gbm "), log.count("ended: {'exit': 0}")
-    assert started == ended and started > benchmarked > 30  # every job, and each one succeeded
-    for command in ("train", "sample", "score", "floor", "neighbours", "mlflow-sync", "report"):
-        assert f"started: gbm {command} " in log, command
-    assert "started: gbm write-config" not in log  # imports no torch: runs in its own process, beside the preload
-    assert (smoke / "results" / "config.resolved.yaml").is_file()
-    assert log.rstrip().endswith("gbm worker: stopped")
-    # started while Snakemake parsed the run (not again in onstart), and not by the --report run after it
-    assert log.startswith("gbm worker: starting while Snakemake parses the workflow") and log.count("starting") == 1
+def test_smoke_benchmark_ran_each_job_in_its_own_process_measured_by_its_benchmark_file(smoke):
+    # warm_workers is opt-in: by default every job is a fresh `gbm` process, so Snakemake's benchmark file
+    # measures the job itself (importing torch alone takes more than a CPU second and 200 MB), not a client.
+    assert not (smoke / "results" / "logs" / "warm_worker.log").exists()
+    trainings = list((smoke / "results" / "benchmarks" / "train").glob("*.tsv"))
+    assert len(trainings) == 4
+    for path in trainings:
+        row = pd.read_csv(path, sep="\t").iloc[0]
+        assert row["cpu_time"] > 1.0 and row["max_rss"] > 200, (path.name, row.to_dict())
 
 
 def test_smoke_benchmark_draws_every_figure_as_png_and_pdf(smoke):
@@ -145,6 +142,7 @@ def test_mlflow_sync_rebuilds_a_lost_store_identically(smoke, tmp_path):
 def test_interrupted_training_resumes_from_its_checkpoint(prepared_mnist, tmp_path):
     config = yaml.safe_load(SMOKE.read_text())
     config["train"].update(steps=400, checkpoint_every=20, log_every=20)
+    config["warm_workers"] = True  # Ctrl-C through the opt-in warm worker's client reaches the job once
     configfile = tmp_path / "resume.yaml"
     configfile.write_text(yaml.safe_dump(config))
     with_data(tmp_path, prepared_mnist)
