@@ -83,15 +83,32 @@ def smoke_results(tmp_path_factory) -> Path:
     return workdir / "results"
 
 
-def shows(driver, texts: list[str], screenshot: str, timeout: float = 180.0) -> str:
-    """The page's text once it shows every one of ``texts``; a screenshot either way (kept as an artefact)."""
+SCROLL_DOWN = """
+for (const e of document.querySelectorAll('*')) {
+  const y = getComputedStyle(e).overflowY;
+  if ((y === 'auto' || y === 'scroll') && e.scrollHeight > e.clientHeight) e.scrollBy(0, 400);
+}"""
+
+
+def shows(driver, texts: list[str], screenshot: str, timeout: float = 180.0, scroll: bool = False) -> str:
+    """The page's text once it shows every one of ``texts``; a screenshot either way (kept as an artefact).
+    With ``scroll``, the page is scrolled down between looks, as a reader scrolls to a table's lower rows
+    (MLflow renders only the rows in view)."""
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.support.ui import WebDriverWait
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     body = lambda: driver.find_element("tag name", "body").text  # noqa: E731
+
+    def shown(d) -> bool:
+        if all(t in body() for t in texts):
+            return True
+        if scroll:
+            d.execute_script(SCROLL_DOWN)
+        return False
+
     try:
-        WebDriverWait(driver, timeout, poll_frequency=1).until(lambda d: all(t in body() for t in texts))
+        WebDriverWait(driver, timeout, poll_frequency=1).until(shown)
     except TimeoutException:
         pytest.fail(f"{driver.current_url} does not show {[t for t in texts if t not in body()]}")
     finally:
@@ -122,7 +139,8 @@ def test_experiment_shows_training_and_evaluation_runs_with_fid_and_compares_a_r
         shows(browser, ["Model training", "mnist/gbm/seed0", "mnist/gbm/seed1", "train_loss"], "training.png")
 
         browser.get(view_url(base, experiment, "evaluations"))
-        text = shows(browser, ["fid", "kid_mean", "nfe", "method", "sampler", "seed"] + [r.info.run_name for r in evaluations],
+        text = shows(browser, ["fid", "kid_mean", "domain.fd", "collapse.any", "nfe", "method", "sampler", "seed"]
+                     + [r.info.run_name for r in evaluations],
                      "evaluations.png")
         for run in evaluations:
             fid = json.loads((smoke_results / run.info.run_name / "metrics.json").read_text())["fid"]
@@ -133,6 +151,8 @@ def test_experiment_shows_training_and_evaluation_runs_with_fid_and_compares_a_r
         assert sorted(r.data.tags["seed"] for r in row) == ["0", "1"]
         ids = json.dumps([r.info.run_id for r in row])
         browser.get(f"{base}/#/compare-runs?runs={ids}&experiments={json.dumps([experiment])}")
-        compare = shows(browser, ["Comparing 2 Runs", "fid"] + [r.info.run_name for r in row], "compare.png")
+        # Its metrics table lists the metrics by name (collapse.*, domain.* before fid): scroll down to FID.
+        compare = shows(browser, ["Comparing 2 Runs", "\nfid\n"] + [r.info.run_name for r in row], "compare.png",
+                        scroll=True)
         for run in row:
             assert any(shown in compare for shown in displayed(run.data.metrics["fid"]))

@@ -80,6 +80,28 @@ def test_concurrent_jobs_never_lose_a_record(tmp_path):
     assert parent.data.tags["kind"] == "training" and parent.data.params["train.steps"] == "4"
 
 
+def test_an_evaluation_runs_metrics_are_its_outcomes_and_the_settings_that_made_them_are_params(tmp_path):
+    results = fake_results(tmp_path, seeds=(0,))
+    evaluation_dir = results / "mnist" / "gbm" / "seed0" / "dale-langevin" / "steps10"
+    scores = json.loads((evaluation_dir / "metrics.json").read_text())
+    scores.update(protocol={"kid": {"subsets": 100}}, domain={"fd": 4.5, "fd_ci": [4.0, 5.0], "n_fake": 8,
+                  "classifier": {"test_accuracy": 0.98, "settings": {"epochs": 2}}},
+                  collapse={"any": 0.25, "empty": 0.25, "n": 8, "protocol": {"calibration": {"empty_below": 0.02}}})
+    (evaluation_dir / "metrics.json").write_text(json.dumps(scores))
+    stats = json.loads((evaluation_dir / "samples.json").read_text())
+    (evaluation_dir / "samples.json").write_text(json.dumps(dict(stats, sde={"sigma": 0.8}, batch_size=200)))
+    sync(results)
+    evaluation = next(r for r in mirrored(results) if r.data.tags["kind"] == "evaluation"
+                      and r.data.tags["method"] == "gbm")
+    metrics, params = evaluation.data.metrics, evaluation.data.params
+    assert {"fid", "kid_mean", "domain.fd", "domain.fd_ci.low", "collapse.any", "collapse.empty", "nfe",
+            "sample.nfe", "sample.fraction_clamped", "sample.wall_time_s"} <= set(metrics)
+    for setting in ("protocol.kid.subsets", "domain.classifier.test_accuracy", "domain.classifier.settings.epochs",
+                    "collapse.protocol.calibration.empty_below", "n_fake", "domain.n_fake", "collapse.n"):
+        assert setting not in metrics and setting in params, setting
+    assert params["sde.sigma"] == "0.8" and params["batch_size"] == "200" and "sample.sde.sigma" not in metrics
+
+
 def test_evaluation_runs_show_scores_intervals_nfe_and_labels_with_their_jobs_times(tmp_path):
     results = fake_results(tmp_path, seeds=(0,))
     sync(results)

@@ -75,7 +75,23 @@ TRAINING_VIEW = {
 }
 EVALUATION_PARAMS = ("method", "sampler", "prior", "seed")  # dataset and steps are in the run name
 #: The evaluations view's metric columns, in order (the other metrics stay one click away in "Columns").
-EVALUATION_METRICS = ("fid", "fid_ci.low", "fid_ci.high", "kid_mean", "kid_ci.low", "kid_ci.high", "nfe")
+EVALUATION_METRICS = ("fid", "fid_ci.low", "fid_ci.high", "kid_mean", "kid_ci.low", "kid_ci.high", "domain.fd", "collapse.any",
+                      "nfe")
+
+
+#: What ``samples.json`` measured (the rest of its numbers are the sampler's settings: params, not metrics).
+SAMPLE_OUTCOMES = frozenset({"nfe", "fraction_clamped", "fraction_negative", "nonfinite", "images_per_s",
+                             "wall_time_s"})
+#: Parts of ``metrics.json`` that record how a number was made (the protocol, the domain classifier, sample
+#: sizes): logged as params, so that a run's metrics (and MLflow's compare page) list only outcomes.
+SETTING_PARTS = frozenset({"protocol", "classifier", "samples"})
+SIZE_FIELDS = frozenset({"n", "n_fake", "n_real"})
+
+
+def is_setting(key: str) -> bool:
+    """Whether a flattened ``metrics.json`` key names a setting of the score rather than a score."""
+    parts = key.split(".")
+    return bool(SETTING_PARTS & set(parts[:-1])) or parts[-1] in SIZE_FIELDS
 
 
 def view_url(server: str, experiment_id: str, view: str = "evaluations") -> str:
@@ -310,12 +326,13 @@ def evaluation_record(eval_dir: Path, parent: Record, config_name: str) -> Recor
     sample_stats: dict = {}
     flatten_params("", stats, sample_stats)
     tags["prior"] = str(stats.get("prior", "n/a"))  # the start distribution x_T (gbm sample --prior)
-    metrics = _numeric(flat)
-    metrics.update({f"sample.{k}": v for k, v in _numeric(sample_stats).items()})
+    scored = _numeric(flat)
+    metrics = {k: v for k, v in scored.items() if not is_setting(k)}
+    metrics.update({f"sample.{k}": v for k, v in _numeric(sample_stats).items() if k in SAMPLE_OUTCOMES})
     if "nfe" in stats:
         metrics["nfe"] = float(stats["nfe"])
-    params = {k: str(v)[:500] for k, v in sample_stats.items()
-              if not isinstance(v, (int, float)) or isinstance(v, bool)}
+    params = {k: str(v)[:500] for k, v in sample_stats.items() if k not in SAMPLE_OUTCOMES}
+    params.update({k: str(v)[:500] for k, v in scored.items() if is_setting(k)})
     params.update({k: tags[k] for k in ("dataset", "method", "sampler", "steps", "seed")})
     if stats.get("prior") is not None:
         params["prior"] = str(stats["prior"])[:500]
