@@ -65,6 +65,10 @@ def test_smoke_benchmark_fills_the_tables(smoke):
         ("gbm", "dale-langevin"), ("gbm", "sign-agnostic"), ("vp", "em")]
     assert (table["seeds"] == 2).all() and (table["n"] == 16).all()
     assert table[["fid_mean", "fid_std", "kid_mean", "nfe"]].notna().all().all()
+    # both metric families and the collapse counters reach the table (the domain classifier ran)
+    assert table[["domain_fd_mean", "domain_kid_mean", "class_tv_mean", "collapse_max"]].notna().all().all()
+    comparisons = pd.read_csv(smoke / "results" / "tables" / "comparisons.csv")
+    assert comparisons["domain_fd_verdict"].notna().all()
     assert (table["reference_split"] == "test").all()
     runs = pd.read_csv(smoke / "results" / "tables" / "metrics.csv")
     assert len(runs) == 6 and runs["fid"].gt(0).all()
