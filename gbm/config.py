@@ -128,6 +128,8 @@ class TrainConfig:
             _require(getattr(self, name) > 0, f"train.{name}", "must be positive", getattr(self, name))
         _require(self.lr > 0, "train.lr", "must be positive", self.lr)
         _require(self.warmup >= 0, "train.warmup", "must be >= 0", self.warmup)
+        _require(self.warmup <= self.steps, "train.warmup", f"is longer than the schedule (train.steps = {self.steps}): "
+                 "training would end before the learning rate reaches train.lr", self.warmup)
         _require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables)", self.grad_clip)
         _require(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1)", self.ema_decay)
         from gbm.speed import check_precision

@@ -389,30 +389,34 @@ def train(config: Config, run_dir: str | Path, device: str | torch.device = "aut
         rate, window_began = rows * tc.batch_size / (now - window_began), now
         return rate
 
-    with tf32_matmuls(setup.speed):
-        for step in range(start + 1, tc.steps + 1):
-            if tc.warmup:
-                for group in optimizer.param_groups:
-                    group["lr"] = learning_rate(tc, step)
-            x0 = setup.data.batch(step - 1, tc.batch_size)
-            loss = setup.loss_fn(setup.model, x0, generator=noise)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if tc.grad_clip > 0:
-                nn.utils.clip_grad_norm_(params, tc.grad_clip, foreach=True)
-            optimizer.step()
-            ema.update(setup.backbone)
-            log.add(step, loss)
-            bar.update(1)
-            checkpoint_now = step % tc.checkpoint_every == 0 or step == tc.steps
-            if checkpoint_now or step % tc.log_every == 0:
-                rows, rate = log.flush(lambda s: learning_rate(tc, s), throughput)
-                bar.set_postfix(loss=f"{rows[-1][1]:.4g}", refresh=False)
-                if observer is not None:
-                    for row_step, value in rows:
-                        observer(row_step, value, learning_rate(tc, row_step), rate)
-            if checkpoint_now:
-                save_checkpoint(step, wall_before + time.perf_counter() - began)
+    try:
+        with tf32_matmuls(setup.speed):
+            for step in range(start + 1, tc.steps + 1):
+                if tc.warmup:
+                    for group in optimizer.param_groups:
+                        group["lr"] = learning_rate(tc, step)
+                x0 = setup.data.batch(step - 1, tc.batch_size)
+                loss = setup.loss_fn(setup.model, x0, generator=noise)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if tc.grad_clip > 0:
+                    nn.utils.clip_grad_norm_(params, tc.grad_clip, foreach=True)
+                optimizer.step()
+                ema.update(setup.backbone)
+                log.add(step, loss)
+                bar.update(1)
+                checkpoint_now = step % tc.checkpoint_every == 0 or step == tc.steps
+                if checkpoint_now or step % tc.log_every == 0:
+                    rows, rate = log.flush(lambda s: learning_rate(tc, s), throughput)
+                    bar.set_postfix(loss=f"{rows[-1][1]:.4g}", refresh=False)
+                    if observer is not None:
+                        for row_step, value in rows:
+                            observer(row_step, value, learning_rate(tc, row_step), rate)
+                if checkpoint_now:
+                    save_checkpoint(step, wall_before + time.perf_counter() - began)
+    except TrainingDiverged as error:  # stopped at the first non-finite loss or weights
+        bar.close()
+        raise TrainingDiverged(f"{error}. {_kept_checkpoint(run, tc)}") from None
     bar.close()
     session = time.perf_counter() - began
 
@@ -443,3 +447,12 @@ def train(config: Config, run_dir: str | Path, device: str | torch.device = "aut
     }
     write_json(run.metrics, metrics)
     return metrics
+
+
+def _kept_checkpoint(run: RunDir, tc) -> str:
+    """What a stopped run keeps, for its error message: the latest checkpoint (all written from finite weights)."""
+    checkpoints = run.list_checkpoints()
+    if not checkpoints:
+        return f"No checkpoint was written yet (the first is due at step {tc.checkpoint_every})"
+    step, path = checkpoints[-1]
+    return f"The last checkpoint, of step {step}, is kept: {path}"

@@ -118,6 +118,7 @@ BAD_CONFIGS = [
     ("seeds", "zero", "seeds"),
     ("train.steps", "many", "train.steps"),
     ("train.stepz", 5, "train.stepz"),
+    ("train.warmup", 10**6, "train.warmup"),  # a schedule shorter than its warm-up cannot train
     ("model.size", "huge", "model.size"),
     ("train.steps", KeyError, "train.steps"),
     ("model.size", KeyError, "model.size"),

@@ -3,6 +3,7 @@
 import csv
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -94,13 +95,35 @@ def test_non_finite_loss_stops_training_without_checkpointing_bad_weights(tmp_pa
         return loss * math.nan if count[0] == 3 else loss
 
     setup.loss_fn = poisoned
-    with pytest.raises(TrainingDiverged, match="non-finite.*step 3"):
+    with pytest.raises(TrainingDiverged, match="non-finite.*step 3.*last checkpoint, of step 2, is kept"):
         train(config, tmp_path / "run", progress=False, setup=setup)
     run = RunDir(tmp_path / "run")
     assert [s for s, _ in run.list_checkpoints()] == [2]
     assert not run.model.exists()
     state = torch.load(run.checkpoint(2), weights_only=True)
     assert all(torch.isfinite(v).all() for v in state["backbone"].values())
+
+
+def test_a_learning_rate_that_diverges_stops_at_the_first_non_finite_loss_keeping_the_last_checkpoint(tmp_path):
+    """No poisoning: lr 3 for Adam on this net takes the loss to NaN within a few steps by itself. The error names
+    the step and the checkpoint that stays, which holds finite weights; no model.pt is written."""
+    import re
+
+    data = blob_dataset(tmp_path / "data.npz")
+    config = image_config(data, steps=40, lr=3.0, warmup=0, checkpoint_every=1, keep_checkpoints=40)
+    with pytest.raises(TrainingDiverged) as caught:
+        train(config, tmp_path / "run", device="cpu", progress=False)
+    message = str(caught.value)
+    stopped = int(re.search(r"non-finite \(nan\) at step (\d+)", message).group(1))
+    run = RunDir(tmp_path / "run")
+    steps = [s for s, _ in run.list_checkpoints()]
+    assert 1 < stopped < 40 and steps == list(range(1, stopped)), (message, steps)
+    assert f"last checkpoint, of step {stopped - 1}, is kept: {run.checkpoint(stopped - 1)}" in message
+    state = torch.load(run.checkpoint(stopped - 1), weights_only=True)
+    assert all(torch.isfinite(v).all() for v in state["backbone"].values())
+    losses = np.loadtxt(run.loss, delimiter=",", skiprows=1)
+    assert losses[-1, 0] == stopped and np.isnan(losses[-1, 1]) and np.isfinite(losses[:-1, 1]).all()
+    assert not run.model.exists()
 
 
 def test_non_finite_weights_with_finite_loss_are_never_checkpointed(tmp_path):
@@ -118,7 +141,7 @@ def test_non_finite_weights_with_finite_loss_are_never_checkpointed(tmp_path):
         return loss
 
     setup.loss_fn = corrupting
-    with pytest.raises(TrainingDiverged, match="weights became non-finite by step 3"):
+    with pytest.raises(TrainingDiverged, match="weights became non-finite by step 3.*No checkpoint was written yet"):
         train(config, tmp_path / "run", progress=False, setup=setup)
     assert RunDir(tmp_path / "run").list_checkpoints() == []
 
@@ -168,6 +191,7 @@ def test_each_epoch_visits_every_example_once_in_a_seeded_order():
     ({"train": {"steps": 0}}, "train.steps"),
     ({"train": {"batch_size": "big"}}, "train.batch_size"),
     ({"train": {"lr": -1.0}}, "train.lr"),
+    ({"train": {"steps": 5, "warmup": 6}}, "train.warmup"),  # a schedule shorter than its warm-up
     ({"model": {"size": "huge"}}, "model.size"),
     ({"model": {"parameterisation": "v"}}, "model.parameterisation"),
     ({"optimiser": {}}, "optimiser"),
