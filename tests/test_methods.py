@@ -164,7 +164,7 @@ def test_every_builtin_method_is_registered_with_its_samplers_and_data_space():
 
 
 def test_an_unknown_method_is_refused_naming_the_field_and_the_registered_methods(tmp_path):
-    with pytest.raises(ValueError, match=r"sde.name: unknown method 'edm'; registered methods: beta, cld, gbm, subvp, ve, vp"):
+    with pytest.raises(ValueError, match=r"sde.name: unknown method 'edm'; registered methods: beta, cld, gbm, logvp, subvp, ve, vp"):
         get_method("edm")
     data = _tiny_data(tmp_path)
     with pytest.raises(ValueError, match=r"^sde.name: unknown method 'edm'; registered methods: .*gbm"):

@@ -2,7 +2,8 @@
 the tables know, by name.
 
 Built in: ``gbm`` (``gbm.methods.gbm``), ``vp``, ``subvp``, ``ve`` (``gbm.methods.additive``), ``cld``
-(``gbm.methods.cld``) and ``beta`` (``gbm.methods.beta``, Beta diffusion). More come from modules named in
+(``gbm.methods.cld``), ``beta`` (``gbm.methods.beta``, Beta diffusion) and ``logvp`` (``gbm.methods.logspace``,
+the log-space control: this project's, not a published method). More come from modules named in
 the environment variable ``GBM_METHOD_MODULES``
 (``os.pathsep``-separated dotted module names or ``.py`` files; the pipeline sets it from the config key
 ``method_modules``), each of which calls ``register``; a method is then usable by every ``gbm`` command.
@@ -17,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from gbm.methods import additive, beta, cld
+from gbm.methods import additive, beta, cld, logspace
 from gbm.methods import gbm as gbm_method
 from gbm.methods.base import Method
 from gbm.sde import SDE
@@ -40,7 +41,7 @@ def register(method: Method) -> Method:
     return method
 
 
-for _method in (gbm_method.METHOD, *additive.METHODS, cld.METHOD, beta.METHOD):
+for _method in (gbm_method.METHOD, *additive.METHODS, cld.METHOD, beta.METHOD, logspace.METHOD):
     register(_method)
 
 
