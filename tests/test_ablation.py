@@ -70,8 +70,8 @@ def test_gbms_paper_setting_is_its_own_defaults():
     assert get_method("vp").paper_setting is None
 
 
-def test_default_benchmark_ablation_reads_gbm_paper_beside_gbm_tuned_from_the_records(tmp_path):
-    ablation = ablation_of("config.yaml", tmp_path)
+def test_ablation_benchmark_reads_gbm_paper_beside_gbm_tuned_from_the_records(tmp_path):
+    ablation = ablation_of("ablation.yaml", tmp_path)
     assert changes(ablation) == {
         "gbm/sign-agnostic": "none (the paper's setting)", "gbm/dale-langevin": "none (the paper's setting)",
         "gbm/dale-langevin-correlated": "prior=correlated",
@@ -95,7 +95,7 @@ def test_paper_benchmark_ablation_names_sigma_and_the_authors_practical_options(
 
 
 def test_a_setting_is_read_from_the_training_record_not_the_config(tmp_path):
-    config = load_config(REPO / "config" / "config.yaml")
+    config = load_config(REPO / "config" / "ablation.yaml")
     paths = write_records(config, tmp_path / "results")
     record = tmp_path / "results" / "mnist" / "gbm" / "seed0" / "run" / "train_metrics.json"
     values = json.loads(record.read_text())
@@ -111,7 +111,7 @@ def test_tables_step_writes_the_ablation_table_from_the_metrics_table(tmp_path):
     from gbm.reporting.tables import floor_table, write_tables
 
     fids = {"gbm": 272.0, "gbm-tuned": 145.5, "vp": 145.3}
-    runs = aggregate(write_records(load_config(REPO / "config" / "config.yaml"), tmp_path / "results",
+    runs = aggregate(write_records(load_config(REPO / "config" / "ablation.yaml"), tmp_path / "results",
                                    lambda e: fids[e.method] + e.seed))
     floor = tmp_path / "floor.json"
     floor.write_text(json.dumps({"dataset": "mnist", "n": 16, "fid": 1.0, "kid_mean": 0.0}))
@@ -134,7 +134,7 @@ def test_each_changed_setting_is_compared_with_the_papers_setting_of_its_own_sam
     fids = {("gbm", "sign-agnostic"): 100.0, ("gbm", "dale-langevin"): 200.0,
             ("gbm", "sign-agnostic-correlated"): 90.0, ("gbm", "dale-langevin-correlated"): 200.5,
             ("gbm-tuned", "dale-langevin"): 150.0}
-    config = load_config(REPO / "config" / "config.yaml")
+    config = load_config(REPO / "config" / "ablation.yaml")
     config["methods"]["gbm"]["samplers"] = {
         "sign-agnostic": {"steps": [100]}, "dale-langevin": {"steps": [100]},
         "sign-agnostic-correlated": {"sampler": "sign-agnostic", "prior": "correlated", "steps": [100]},

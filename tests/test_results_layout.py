@@ -43,7 +43,7 @@ def test_the_rules_wildcard_patterns_are_the_layouts():
 
 
 def test_metrics_csv_carries_the_settings_of_each_evaluation_from_its_records(tmp_path):
-    runs = aggregate(write_records(load_config(REPO / "config" / "config.yaml"), tmp_path / "results"))
+    runs = aggregate(write_records(load_config(REPO / "config" / "ablation.yaml"), tmp_path / "results"))
     tuned = runs[(runs["method"] == "gbm-tuned") & (runs["steps"] == 20) & (runs["seed"] == 1)].iloc[0]
     assert tuned[["sde.name", "sde.sigma", "sde.T", "loss.weighting", "grid", "end_time", "prior", "seed"]].tolist() \
         == ["gbm", 0.8, 1.0, "uniform-eps", "sqrt-t", 0.001, "correlated", 1]
@@ -56,7 +56,7 @@ def test_metrics_csv_carries_the_settings_of_each_evaluation_from_its_records(tm
 
 
 def test_a_training_record_of_another_seed_than_its_directory_is_refused(tmp_path):
-    paths = write_records(load_config(REPO / "config" / "config.yaml"), tmp_path / "results")
+    paths = write_records(load_config(REPO / "config" / "ablation.yaml"), tmp_path / "results")
     record = tmp_path / "results" / "mnist" / "vp" / "seed1" / "run" / "train_metrics.json"
     record.write_text(json.dumps(json.loads(record.read_text()) | {"seed": 0}))
     with pytest.raises(ValueError, match="training seed 0 in a directory of seed 1"):
