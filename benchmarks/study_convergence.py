@@ -38,8 +38,10 @@ from gbm.metrics.seeds import Arm, compare  # noqa: E402
 
 CONFIG = "config/convergence.yaml"
 BASELINE = ("vp", "em")
-LABELS = {("gbm", "sign-agnostic"): "GBM (paper) / sign-agnostic", ("gbm", "dale-langevin"): "GBM (paper) / Dale–Langevin",
-          ("gbm-tuned", "dale-langevin"): "GBM (tuned) / Dale–Langevin (correlated)", ("vp", "em"): "VP / Euler–Maruyama"}
+LABELS = {("gbm", "sign-agnostic"): "GBM (paper) / sign-agnostic",
+          ("gbm", "dale-langevin"): "GBM (paper) / Dale–Langevin",
+          ("gbm-tuned", "dale-langevin"): "GBM (tuned) / Dale–Langevin (correlated)",
+          ("vp", "em"): "VP / Euler–Maruyama"}
 METRICS = ("fid", "domain_fd", "collapse_any")
 ONE_PERCENT = 0.01
 
@@ -94,7 +96,8 @@ def summarise(rows: pd.DataFrame) -> list[dict]:
     """Per length and row: per-seed values, mean, std (ddof 1), largest collapse share, verdicts against VP."""
     out = []
     for length, at_length in rows.groupby("train_steps"):
-        base = at_length[(at_length["method"] == BASELINE[0]) & (at_length["sampler"] == BASELINE[1])].sort_values("seed")
+        is_base = (at_length["method"] == BASELINE[0]) & (at_length["sampler"] == BASELINE[1])
+        base = at_length[is_base].sort_values("seed")
         for (method, sampler), group in at_length.groupby(["method", "sampler"], sort=False):
             group = group.sort_values("seed")
             entry = {"train_steps": int(length), "method": method, "sampler": sampler,
@@ -213,14 +216,17 @@ def main() -> None:
         walls[length] = pipeline(work, length, args.cores)
         frames.append(keep_length(work, length))
         print(f"  {walls[length]:.0f} s", flush=True)
-    if args.summarise_only and args.out.exists():
-        walls = json.loads(args.out.read_text()).get("pipeline_wall_s", {})
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    if args.summarise_only and args.out.exists():  # the run's own time, commit and pipeline times
+        earlier = json.loads(args.out.read_text())
+        walls, date = earlier.get("pipeline_wall_s", {}), earlier.get("date", date)
+        commit = earlier.get("commit", commit)
     rows = pd.concat(frames, ignore_index=True)
     summary = summarise(rows)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     record = {"study": "convergence", "config": CONFIG, "commit": commit, "lengths": args.lengths,
               "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count()},
-              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "pipeline_wall_s": walls,
+              "date": date, "pipeline_wall_s": walls,
               "rows": summary,
               "evaluations": rows[["train_steps", "method", "sampler", "seed", *METRICS, "kid", "train_wall_s",
                                    "final_loss", "sample_wall_s"]].to_dict("records")}

@@ -57,7 +57,7 @@ def test_study_config_validates_with_three_seeds_n_200_and_100_steps():
     config = load_config(STUDY)
     check_config(config)
     assert sorted(config["datasets"]) == DATASETS and config["seeds"] == SEEDS
-    assert config["evaluation"]["n_samples"] == 200 and config["train"]["steps"] == 1600
+    assert config["evaluation"]["n_samples"] == 200 and config["train"]["steps"] == 1200
     assert config["comparisons"]["baseline"] == {"method": "vp", "sampler": "em"}
     assert {(e.method, e.sampler) for e in evaluations(config)} == set(ROWS)
     assert {e.steps for e in evaluations(config)} == {100}
@@ -79,7 +79,7 @@ def test_study_dry_run_plans_every_model_and_row_on_both_datasets(planned):
     assert set(trains) == {(d, e, s) for d in DATASETS for e in MODELS for s in SEEDS}
     for (dataset, entry, seed), job in trains.items():
         assert (job["sde"]["name"], job["loss"]) == MODELS[entry] and job["seed"] == seed
-        assert job["train"]["steps"] == 1600 and job["model"]["size"] == "tiny"
+        assert job["train"]["steps"] == 1200 and job["model"]["size"] == "tiny"
     samples = {}
     for command in (c for c in commands if "gbm sample" in c):
         path = re.search(r"--out results/(\w+)/([\w-]+)/seed(\d)/([\w-]+)/steps(\d+)/samples.npz", command)
