@@ -152,6 +152,24 @@ def test_the_nfe_figure_draws_domain_fd_in_its_own_panel_when_scored_with_a_clas
     assert len(crosses) == (3 if domain else 0)
 
 
+def test_the_nfe_figure_of_one_step_count_keeps_a_readable_axis_and_each_mean_on_its_bar(tmp_path, monkeypatch):
+    """The default benchmark evaluates one step count: the axis must not zoom onto the sideways offsets of the
+    lines (it once did, with overlapping tick labels and each bar far from its mean)."""
+    from gbm.reporting import figures
+
+    runs = round_trip(aggregate(write_results(tmp_path / "results")), tmp_path)
+    drawn = {}
+    monkeypatch.setattr(figures, "save", lambda fig, png: drawn.update(fig=fig))
+    figures.metric_vs_nfe(runs, tmp_path / "nfe.png")
+    for ax in drawn["fig"].axes:
+        low, high = ax.get_xlim()
+        assert high / low >= 4 and low < 20 < high
+        assert list(ax.get_xticks()) == [20.0]
+        for line, bars in zip(ax.get_lines(), [c for c in ax.collections if c.get_label() != "collapsed evaluation"]):
+            bar_x = [segment[0][0] for segment in bars.get_segments()]
+            assert list(line.get_xdata()) == pytest.approx(bar_x)
+
+
 def test_the_comparison_figure_has_a_domain_fd_panel_and_labels_a_collapsed_comparison(tmp_path, monkeypatch):
     from gbm.reporting import figures
 

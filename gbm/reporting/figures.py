@@ -131,8 +131,7 @@ def metric_vs_nfe(runs: pd.DataFrame, png: Path) -> None:
             if len(collapsed):
                 ax.scatter(collapsed["nfe"], collapsed[metric], marker="x", s=40, color="red", zorder=3,
                            label="collapsed evaluation")
-            ax.set_xscale("log")
-            ax.set_xlabel("NFE per sample")
+            _nfe_axis(ax, subset["nfe"])
             ax.set_ylabel(name)
             ax.set_title(f"{dataset}: {name} vs NFE (N = {int(subset['n'].max()) if subset['n'].notna().any() else '?'})")
             ax.grid(alpha=0.3)
@@ -156,9 +155,30 @@ def seed_mean_with_interval(group: pd.DataFrame, metric: str = "fid") -> pd.Data
 
 def _plot_with_interval(ax, stats: pd.DataFrame, label: str, offset: float = 0.0) -> None:
     """The seed means joined by a line, each interval (centred on its mean) a vertical bar; ``offset`` shifts
-    the bars sideways by that fraction of the NFE so that the bars of several lines at one NFE stay apart."""
-    (line,) = ax.plot(stats["nfe"], stats["mean"], marker="o", ms=3, label=label)
-    ax.vlines(stats["nfe"] * (1 + offset), stats["low"], stats["high"], color=line.get_color(), lw=1.5, alpha=0.7)
+    means and bars sideways by that fraction of the NFE so that the lines at one NFE stay apart."""
+    x = stats["nfe"] * (1 + offset)
+    (line,) = ax.plot(x, stats["mean"], marker="o", ms=3, label=label)
+    ax.vlines(x, stats["low"], stats["high"], color=line.get_color(), lw=1.5, alpha=0.7)
+
+
+def _nfe_axis(ax, nfes) -> None:
+    """A log NFE axis with a tick at each evaluated NFE, spanning at least a factor of 4 (one NFE alone, as in
+    a benchmark with one step count, would otherwise zoom the axis onto the sideways offsets)."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
+
+    values = sorted({float(v) for v in nfes if pd.notna(v) and v > 0})
+    ax.set_xscale("log")
+    ax.set_xlabel("NFE per sample")
+    if not values:
+        return
+    low, high = values[0], values[-1]
+    if high / low < 4:
+        middle = math.sqrt(low * high)
+        ax.set_xlim(middle / 2, middle * 2)
+    ax.xaxis.set_major_locator(FixedLocator(values))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
 
 
 def _offsets(count: int, spread: float = 0.025) -> list[float]:
@@ -190,8 +210,7 @@ def fid_vs_nfe_by_grid(runs: pd.DataFrame, png: Path) -> None:
         grids = list(group.groupby("grid", sort=True))
         for (grid, at_grid), offset in zip(grids, _offsets(len(grids))):
             _plot_with_interval(ax, seed_mean_with_interval(at_grid, "fid"), grid, offset)
-        ax.set_xscale("log")
-        ax.set_xlabel("NFE per sample")
+        _nfe_axis(ax, group["nfe"])
         ax.set_ylabel("FID")
         ax.set_title(f"{dataset}: {method} / {sampler} ({prior})", fontsize=9)
         ax.grid(alpha=0.3)
