@@ -280,15 +280,15 @@ def test_snakemake_leaves_a_failed_sampling_out_of_the_tables_and_lists_it(tmp_p
         return counts, out.stdout
 
     counts, printed = dry_run()
-    target = "results/mnist/gbm/seed0/dale-langevin/steps20"
+    target = "results/mnist/gbm/seed0/dale-langevin/steps100"
     line = next(line for line in printed.splitlines() if f"--out {target}/samples.npz" in line and "printf" in line)
     record = next(token for token in shlex.split(line) if token.startswith("# command: "))
-    log = tmp_path / "results/logs/sample/mnist_gbm_seed0_dale-langevin_steps20.log"
+    log = tmp_path / "results/logs/sample/mnist_gbm_seed0_dale-langevin_steps100.log"
     log.parent.mkdir(parents=True)
     log.write_text(record + "\ngbm sample: error: sampler 'dale-langevin' diverged\n")
     failed_counts, printed = dry_run()
     assert failed_counts["sample"] == counts["sample"] - 1 and failed_counts["score"] == counts["score"] - 1
     aggregate_line = next(line for line in printed.splitlines() if "gbm report aggregate" in line)
-    assert f"--failed {target} results/logs/sample/mnist_gbm_seed0_dale-langevin_steps20.log" in aggregate_line
-    log.write_text(record.replace("--steps 20", "--steps 21") + "\ngbm sample: error: old settings\n")
+    assert f"--failed {target} results/logs/sample/mnist_gbm_seed0_dale-langevin_steps100.log" in aggregate_line
+    log.write_text(record.replace("--steps 100", "--steps 101") + "\ngbm sample: error: old settings\n")
     assert dry_run()[0] == counts
