@@ -1,6 +1,6 @@
 """config/study.yaml, the CPU study of issue 26: it validates, and its dry run (``snakemake -n -p``) plans both
 datasets, every method entry the issue lists with its samplers (GBM (paper) with both samplers, GBM (tuned), the
-loss-weight x time-grid 2x2 of SPEC 1a, VP EM and PC, CLD SSCS, the log-space control), three seeds, 100 steps,
+loss-weight x time-grid 2x2 of SPEC 1a, VP EM and PC, CLD SSCS, the log-space control), two seeds, 100 steps,
 N = 200, and the job counts of train, sample and score."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from test_pipeline import REPO, SNAKEMAKE
 
 STUDY = REPO / "config" / "study.yaml"
 DATASETS = ["fashion_mnist", "mnist"]
-SEEDS = [0, 1, 2]
+SEEDS = [0, 1]
 #: entry -> (registered method, loss options) of each trained model.
 MODELS = {"gbm": ("gbm", {}), "gbm-tuned": ("gbm", {"weighting": "uniform-eps"}), "vp": ("vp", {}),
           "cld": ("cld", {}), "logvp-control": ("logvp", {})}
@@ -53,7 +53,7 @@ def planned(tmp_path_factory) -> tuple[dict[str, int], list[str]]:
     return counts, commands
 
 
-def test_study_config_validates_with_three_seeds_n_200_and_100_steps():
+def test_study_config_validates_with_two_seeds_n_200_and_100_steps():
     config = load_config(STUDY)
     check_config(config)
     assert sorted(config["datasets"]) == DATASETS and config["seeds"] == SEEDS
@@ -65,11 +65,11 @@ def test_study_config_validates_with_three_seeds_n_200_and_100_steps():
 
 def test_study_dry_run_plans_every_model_and_row_on_both_datasets(planned):
     counts, commands = planned
-    # 2 datasets x 5 entries x 3 seeds = 30 models; per dataset and seed 10 rows -> 60 sample and score jobs;
+    # 2 datasets x 5 entries x 2 seeds = 20 models; per dataset and seed 10 rows -> 40 sample and score jobs;
     # one neighbours job per dataset x row
     assert {rule: counts[rule] for rule in ("prepare_data", "classifier", "floor", "train", "sample", "score",
                                             "track", "neighbours")} == {
-        "prepare_data": 2, "classifier": 2, "floor": 2, "train": 30, "sample": 60, "score": 60, "track": 30,
+        "prepare_data": 2, "classifier": 2, "floor": 2, "train": 20, "sample": 40, "score": 40, "track": 20,
         "neighbours": 20}
     trains = {}
     for command in (c for c in commands if "gbm train" in c):
