@@ -1,0 +1,76 @@
+"""benchmarks/study_findings.py: the study's contrasts use a paired t interval within one trained model and
+Welch's interval between models, each against its definition; the paired interval covers at its level."""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from test_pipeline import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+import study_findings  # noqa: E402
+
+
+def frame(values: dict[tuple[str, str], list[float]], dataset: str = "mnist") -> pd.DataFrame:
+    rows = [{"dataset": dataset, "method": entry, "sampler": label, "seed": seed, "fid": v, "domain_fd": v / 10}
+            for (entry, label), per_seed in values.items() for seed, v in enumerate(per_seed)]
+    return pd.DataFrame(rows)
+
+
+def pick(rows, question, metric="fid"):
+    return next(r for r in rows if r["question"] == question and r["metric"] == metric)
+
+
+def test_within_model_contrast_is_the_paired_t_interval():
+    # seed effects shared by both rows (100 vs 140) cancel in the pairs: differences -10.0 and -10.5
+    rows = study_findings.findings(frame({("gbm", "dale-langevin"): [100.0, 140.0],
+                                          ("gbm", "dale-langevin-correlated"): [90.0, 129.5]}))
+    r = pick(rows, "correlated start, paper weight and grid")
+    half = stats.t.ppf(0.975, 1) * np.std([-10.0, -10.5], ddof=1) / math.sqrt(2)
+    assert r["interval"] == "paired t" and r["df"] == 1
+    assert r["difference"] == pytest.approx(-10.25)
+    assert (r["low"], r["high"]) == pytest.approx((-10.25 - half, -10.25 + half))
+    assert r["verdict"] == "better"  # Welch on the same values (seed sd 28 per side) would not resolve it
+    assert pick(rows, "correlated start, paper weight and grid", "domain_fd")["difference"] == pytest.approx(-1.025)
+
+
+def test_between_model_contrast_is_welch():
+    vp, tuned = [88.0, 92.0], [100.0, 97.0]
+    rows = study_findings.findings(frame({("vp", "em"): vp, ("gbm-tuned", "dale-langevin"): tuned}))
+    r = pick(rows, "GBM (tuned) against VP")
+    s2 = np.var(tuned, ddof=1) / 2 + np.var(vp, ddof=1) / 2
+    df = s2**2 / ((np.var(tuned, ddof=1) / 2) ** 2 + (np.var(vp, ddof=1) / 2) ** 2)
+    half = stats.t.ppf(0.975, df) * math.sqrt(s2)
+    assert r["interval"] == "Welch" and r["df"] == pytest.approx(df)
+    assert (r["low"], r["high"]) == pytest.approx((8.5 - half, 8.5 + half))
+    assert r["verdict"] == "not resolved"
+    # rows the run lacks (every other contrast) are skipped, not reported as empty
+    assert {x["question"] for x in rows} == {"GBM (tuned) against VP"}
+
+
+def test_paired_interval_covers_at_its_level():
+    rng = np.random.default_rng(3)
+    covered = 0
+    draws = 4000
+    for _ in range(draws):
+        seed_effect = 30 * rng.standard_normal(2)  # large shared training variation
+        reference = pd.Series(100 + seed_effect + rng.standard_normal(2))
+        candidate = pd.Series(95 + seed_effect + rng.standard_normal(2))
+        r = study_findings.contrast(candidate, reference, paired=True, level=0.95)
+        covered += r["low"] <= -5.0 <= r["high"]
+    assert 0.935 <= covered / draws <= 0.965
+
+
+def test_cli_writes_json_and_markdown(tmp_path):
+    metrics = tmp_path / "metrics.csv"
+    frame({("vp", "em"): [88.0, 92.0], ("logvp-control", "em"): [120.0, 125.0]}, "fashion_mnist").to_csv(metrics)
+    study_findings.main(["--metrics", str(metrics), "--out", str(tmp_path / "out")])
+    assert "| fashion_mnist | log-space control against VP | Inception FID |" in (tmp_path / "out" / "findings.md").read_text()
+    with pytest.raises(SystemExit):
+        study_findings.main(["--metrics", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "out")])
