@@ -1,6 +1,8 @@
 """The CPU study's contrasts (issue 26): SPEC 1a's findings and the log-space control, one verdict per dataset
 and metric, from a run's ``results/tables/metrics.csv`` (``snakemake --cores 2 --configfile config/study.yaml``).
-Writes ``findings.json`` and ``findings.md`` into ``--out``.
+Writes ``findings.json`` and ``findings.md`` into ``--out``, and with ``--comparisons`` (the run's
+``results/tables/comparisons.csv``) ``rows.md``: every row's seed mean ± sd on both metric families, its largest
+collapse share and its verdicts against VP as the pipeline printed them.
 
 The pipeline's comparisons table puts every row against VP Euler-Maruyama; the study's questions also need rows
 against each other. Two kinds of contrast:
@@ -59,6 +61,21 @@ CONTRASTS = [
 ]
 
 
+#: (method entry, sampler label) -> the row's name in rows.md, in the order printed.
+ROW_NAMES = {
+    ("gbm", "sign-agnostic"): "GBM (paper) / sign-agnostic",
+    ("gbm", "dale-langevin"): "GBM (paper) / Dale-Langevin",
+    ("gbm", "dale-langevin-correlated"): "(sigma^2 t)^2 weight, uniform t, correlated start",
+    ("gbm", "dale-langevin-correlated-sqrt-t"): "(sigma^2 t)^2 weight, sqrt(t) grid, correlated start",
+    ("gbm-tuned", "dale-langevin-uniform-t"): "sigma^2 t weight, uniform t, correlated start",
+    ("gbm-tuned", "dale-langevin"): "GBM (tuned): sigma^2 t weight, sqrt(t) grid, correlated start",
+    ("vp", "em"): "VP / Euler-Maruyama (baseline)",
+    ("vp", "pc"): "VP / predictor-corrector",
+    ("cld", "sscs"): "CLD / SSCS",
+    ("logvp-control", "em"): "log-space control (VP on log x, this project's) / EM",
+}
+
+
 def per_seed(frame: pd.DataFrame, dataset: str, row: tuple[str, str], metric: str) -> pd.Series:
     """The metric of one row on one dataset, indexed by training seed (empty when the run lacks the row)."""
     entry, label = row
@@ -105,10 +122,38 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def rows_markdown(metrics: pd.DataFrame, comparisons: pd.DataFrame) -> str:
+    """Per dataset and row: seed mean ± sd of FID and domain FD, class TV, largest collapse share, verdicts vs VP."""
+    lines = []
+    for dataset in sorted(metrics["dataset"].unique()):
+        lines += [f"\n**{dataset}**\n", "| row | seeds | FID | domain FD | class TV | collapsed (max) | "
+                  "ΔFID vs VP [95 %] | verdict | Δdomain FD vs VP [95 %] | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for (entry, label), name in ROW_NAMES.items():
+            hit = metrics[(metrics["dataset"] == dataset) & (metrics["method"] == entry) & (metrics["sampler"] == label)]
+            if hit.empty:
+                continue
+            cells = [name, str(len(hit))]
+            for metric, digits in (("fid", 1), ("domain_fd", 2)):
+                cells.append(f"{hit[metric].mean():.{digits}f} ± {hit[metric].std(ddof=1):.{digits}f}")
+            cells += [f"{hit['class_tv'].mean():.2f}", f"{100 * hit['collapse_any'].max():.1f} %"]
+            versus = comparisons[(comparisons["dataset"] == dataset) & (comparisons["method"] == entry)
+                                 & (comparisons["sampler"] == label)]
+            for metric in METRICS:
+                if versus.empty:
+                    cells += ["baseline", "–"]
+                    continue
+                v = versus.iloc[0]
+                cells += [f"{v[metric + '_difference']:+.2f} [{v[metric + '_low']:+.2f}, {v[metric + '_high']:+.2f}]",
+                          str(v[metric + "_verdict"])]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--metrics", type=Path, default=Path("results/tables/metrics.csv"))
     parser.add_argument("--out", type=Path, default=Path("results/tables"))
+    parser.add_argument("--comparisons", type=Path, help="the run's results/tables/comparisons.csv: also write rows.md")
     parser.add_argument("--level", type=float, default=0.95)
     args = parser.parse_args(argv)
     if not args.metrics.is_file():
@@ -119,6 +164,10 @@ def main(argv=None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "findings.json").write_text(json.dumps(rows, indent=1) + "\n")
     (args.out / "findings.md").write_text(markdown(rows))
+    if args.comparisons:
+        table = rows_markdown(pd.read_csv(args.metrics), pd.read_csv(args.comparisons))
+        (args.out / "rows.md").write_text(table)
+        print(table)
     print(markdown(rows))
 
 

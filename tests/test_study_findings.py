@@ -74,3 +74,18 @@ def test_cli_writes_json_and_markdown(tmp_path):
     assert "| fashion_mnist | log-space control against VP | Inception FID |" in (tmp_path / "out" / "findings.md").read_text()
     with pytest.raises(SystemExit):
         study_findings.main(["--metrics", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "out")])
+
+
+def test_rows_table_prints_seed_mean_sd_collapse_and_the_pipelines_verdicts():
+    metrics = frame({("vp", "em"): [88.0, 92.0], ("logvp-control", "em"): [120.0, 126.0]})
+    metrics["class_tv"] = 0.2
+    metrics["collapse_any"] = [0.0, 0.075, 0.01, 0.02]
+    comparisons = pd.DataFrame([{"dataset": "mnist", "method": "logvp-control", "sampler": "em",
+                                 "fid_difference": 33.0, "fid_low": 20.0, "fid_high": 46.0, "fid_verdict": "worse",
+                                 "domain_fd_difference": 3.3, "domain_fd_low": -1.0, "domain_fd_high": 7.6,
+                                 "domain_fd_verdict": "not resolved"}])
+    table = study_findings.rows_markdown(metrics, comparisons)
+    assert ("| VP / Euler-Maruyama (baseline) | 2 | 90.0 ± 2.8 | 9.00 ± 0.28 | 0.20 | 7.5 % | baseline | – | "
+            "baseline | – |") in table
+    assert ("| 2 | 123.0 ± 4.2 | 12.30 ± 0.42 | 0.20 | 2.0 % | +33.00 [+20.00, +46.00] | worse | "
+            "+3.30 [-1.00, +7.60] | not resolved |") in table
