@@ -16,7 +16,8 @@ against each other. Two kinds of contrast:
 
 Lower FID and domain FD are better: ``better`` when the whole interval lies below 0, ``worse`` above 0.
 
-    .venv/bin/python benchmarks/study_findings.py --metrics results/tables/metrics.csv --out docs/results/study
+    .venv/bin/python benchmarks/study_findings.py --metrics results/tables/metrics.csv \
+        --comparisons results/tables/comparisons.csv --out docs/results/study
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import pandas as pd
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gbm.metrics.seeds import Arm, compare, mean_interval, verdict  # noqa: E402
+from gbm.metrics.seeds import TOO_FEW, Arm, compare, mean_interval, verdict  # noqa: E402
 
 METRICS = {"fid": "Inception FID", "domain_fd": "domain FD"}
 #: (question, where it was measured before, candidate row, reference row); a row is (method entry, sampler label).
@@ -76,11 +77,15 @@ ROW_NAMES = {
 }
 
 
+def select(frame: pd.DataFrame, dataset: str, row: tuple[str, str]) -> pd.DataFrame:
+    """The lines of ``metrics.csv`` or ``comparisons.csv`` of one row (method entry, sampler label) on one dataset."""
+    entry, label = row
+    return frame[(frame["dataset"] == dataset) & (frame["method"] == entry) & (frame["sampler"] == label)]
+
+
 def per_seed(frame: pd.DataFrame, dataset: str, row: tuple[str, str], metric: str) -> pd.Series:
     """The metric of one row on one dataset, indexed by training seed (empty when the run lacks the row)."""
-    entry, label = row
-    hit = frame[(frame["dataset"] == dataset) & (frame["method"] == entry) & (frame["sampler"] == label)]
-    return hit.set_index("seed")[metric].astype(float).sort_index()
+    return select(frame, dataset, row).set_index("seed")[metric].astype(float).sort_index()
 
 
 def contrast(candidate: pd.Series, reference: pd.Series, *, paired: bool, level: float) -> dict:
@@ -90,7 +95,7 @@ def contrast(candidate: pd.Series, reference: pd.Series, *, paired: bool, level:
         differences = (candidate[seeds] - reference[seeds]).to_numpy()
         low, high = mean_interval(differences, level)
         result = {"difference": float(np.mean(differences)), "low": low, "high": high,
-                  "df": len(differences) - 1, "verdict": verdict(low, high) if math.isfinite(low) else "too few seeds"}
+                  "df": len(differences) - 1, "verdict": verdict(low, high) if math.isfinite(low) else TOO_FEW}
     else:
         result = compare(Arm(tuple(candidate)), Arm(tuple(reference)), level=level)
     return {**result, "interval": "paired t" if paired else "Welch", "seeds": [len(candidate), len(reference)],
@@ -128,16 +133,15 @@ def rows_markdown(metrics: pd.DataFrame, comparisons: pd.DataFrame) -> str:
     for dataset in sorted(metrics["dataset"].unique()):
         lines += [f"\n**{dataset}**\n", "| row | seeds | FID | domain FD | class TV | collapsed (max) | "
                   "ΔFID vs VP [95 %] | verdict | Δdomain FD vs VP [95 %] | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
-        for (entry, label), name in ROW_NAMES.items():
-            hit = metrics[(metrics["dataset"] == dataset) & (metrics["method"] == entry) & (metrics["sampler"] == label)]
+        for row, name in ROW_NAMES.items():
+            hit = select(metrics, dataset, row)
             if hit.empty:
                 continue
             cells = [name, str(len(hit))]
             for metric, digits in (("fid", 1), ("domain_fd", 2)):
                 cells.append(f"{hit[metric].mean():.{digits}f} ± {hit[metric].std(ddof=1):.{digits}f}")
             cells += [f"{hit['class_tv'].mean():.2f}", f"{100 * hit['collapse_any'].max():.1f} %"]
-            versus = comparisons[(comparisons["dataset"] == dataset) & (comparisons["method"] == entry)
-                                 & (comparisons["sampler"] == label)]
+            versus = select(comparisons, dataset, row)
             for metric in METRICS:
                 if versus.empty:
                     cells += ["baseline", "–"]
@@ -158,14 +162,15 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     if not args.metrics.is_file():
         parser.error(f"--metrics: {args.metrics} does not exist (run the study first)")
-    rows = findings(pd.read_csv(args.metrics), args.level)
+    metrics = pd.read_csv(args.metrics)
+    rows = findings(metrics, args.level)
     if not rows:
         parser.error(f"--metrics: {args.metrics} holds none of the study's rows (config/study.yaml)")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "findings.json").write_text(json.dumps(rows, indent=1) + "\n")
     (args.out / "findings.md").write_text(markdown(rows))
     if args.comparisons:
-        table = rows_markdown(pd.read_csv(args.metrics), pd.read_csv(args.comparisons))
+        table = rows_markdown(metrics, pd.read_csv(args.comparisons))
         (args.out / "rows.md").write_text(table)
         print(table)
     print(markdown(rows))
