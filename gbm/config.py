@@ -108,12 +108,16 @@ class ModelConfig:
         return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     steps: int = 1000
     batch_size: int = 128
     lr: float = 2e-4
     warmup: int = 0  # linear learning-rate warm-up steps
+    lr_schedule: str = "constant"  # after the warm-up: constant at lr, or cosine decay from lr to 0 at train.steps
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     ema_decay: float = 0.999
     checkpoint_every: int = 1000
@@ -130,6 +134,10 @@ class TrainConfig:
         _require(self.warmup >= 0, "train.warmup", "must be >= 0", self.warmup)
         _require(self.warmup <= self.steps, "train.warmup", f"is longer than the schedule (train.steps = {self.steps}): "
                  "training would end before the learning rate reaches train.lr", self.warmup)
+        _require(self.lr_schedule in LR_SCHEDULES, "train.lr_schedule", f"must be one of {list(LR_SCHEDULES)}",
+                 self.lr_schedule)
+        _require(self.lr_schedule == "constant" or self.warmup < self.steps, "train.warmup",
+                 f"leaves no step for the {self.lr_schedule} decay (train.steps = {self.steps})", self.warmup)
         _require(self.grad_clip >= 0, "train.grad_clip", "must be >= 0 (0 disables)", self.grad_clip)
         _require(0 <= self.ema_decay < 1, "train.ema_decay", "must be in [0, 1)", self.ema_decay)
         from gbm.speed import check_precision
@@ -137,8 +145,14 @@ class TrainConfig:
         check_precision(self.precision, "train.precision")
 
 
-# Keys that may change between a run and its resumption (they do not change the trajectory).
+# Keys that may change between a run and its resumption (they do not change the trajectory). train.steps only
+# with the constant schedule: a cosine decay ends at train.steps, so its every step's learning rate depends on it.
 RESUMABLE_KEYS = ("train.steps", "train.checkpoint_every", "train.keep_checkpoints", "train.log_every")
+
+
+def resumable_keys(train: "TrainConfig") -> tuple[str, ...]:
+    """The keys that may change when a run of ``train``'s schedule is resumed."""
+    return RESUMABLE_KEYS if train.lr_schedule == "constant" else tuple(k for k in RESUMABLE_KEYS if k != "train.steps")
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ import yaml
 from torch import nn
 from tqdm.auto import tqdm
 
-from gbm.config import RESUMABLE_KEYS, Config, diff_keys
+from gbm.config import Config, diff_keys, resumable_keys
 from gbm.data.atomic import write_text_atomic
 from gbm.data.toy import two_spirals
 from gbm.ema import EMA
@@ -297,9 +297,9 @@ def _set_rng_state(state: dict, device: torch.device) -> None:
 def _check_resumable(run: RunDir, config: Config) -> None:
     with open(run.config) as handle:
         previous = yaml.safe_load(handle)
-    for key, default in (("precision", "fp32"), ("tf32", False), ("channels_last", False)):
-        previous.setdefault("train", {}).setdefault(key, default)  # a run from before the speed switches
-    changed = [k for k in diff_keys(previous, config.to_dict()) if k not in RESUMABLE_KEYS]
+    for key, default in (("precision", "fp32"), ("tf32", False), ("channels_last", False), ("lr_schedule", "constant")):
+        previous.setdefault("train", {}).setdefault(key, default)  # a run from before these switches
+    changed = [k for k in diff_keys(previous, config.to_dict()) if k not in resumable_keys(config.train)]
     if changed:
         raise ValueError(
             f"{changed[0]}: differs from the run being resumed in {str(run.root)!r} "
@@ -308,8 +308,15 @@ def _check_resumable(run: RunDir, config: Config) -> None:
 
 
 def learning_rate(tc, step: int) -> float:
-    """The learning rate of 1-based ``step``: linear warm-up over ``train.warmup`` steps, then ``train.lr``."""
-    return tc.lr * min(1.0, step / tc.warmup) if tc.warmup else tc.lr
+    """The learning rate of 1-based ``step``: linear warm-up over ``train.warmup`` steps to ``train.lr``, then
+    ``train.lr`` (``lr_schedule: constant``) or lr (1 + cos(pi (step - warmup) / (steps - warmup))) / 2, which
+    reaches 0 at the last step (``cosine``, SGDR's annealing without restarts)."""
+    if step <= tc.warmup:
+        return tc.lr * step / tc.warmup
+    if tc.lr_schedule == "constant":
+        return tc.lr
+    progress = (step - tc.warmup) / (tc.steps - tc.warmup)
+    return tc.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def train(config: Config, run_dir: str | Path, device: str | torch.device = "auto", progress: bool = True,
@@ -392,7 +399,7 @@ def train(config: Config, run_dir: str | Path, device: str | torch.device = "aut
     try:
         with tf32_matmuls(setup.speed):
             for step in range(start + 1, tc.steps + 1):
-                if tc.warmup:
+                if tc.warmup or tc.lr_schedule != "constant":
                     for group in optimizer.param_groups:
                         group["lr"] = learning_rate(tc, step)
                 x0 = setup.data.batch(step - 1, tc.batch_size)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from gbm import training
-from gbm.config import config_from_dict, load_config
+from gbm.config import TrainConfig, config_from_dict, load_config
 from gbm.ema import EMA
 from gbm.pixels import to_positive
 from gbm.runs import RunDir, load_model
@@ -16,7 +16,7 @@ from gbm.sampling import sample
 from gbm.data.toy import two_spirals
 from gbm.methods.gbm import GBM
 from toy_distributions import sliced_wasserstein
-from gbm.training import TrainingDiverged, prepare, train
+from gbm.training import TrainingDiverged, learning_rate, prepare, train
 from helpers import blob_dataset
 
 
@@ -81,6 +81,50 @@ def test_extending_a_finished_run_continues_from_its_last_checkpoint(tmp_path):
     assert metrics["resumed_from_step"] == 4 and metrics["steps"] == 6
     with pytest.raises(ValueError, match="train.lr"):
         train(image_config(data, steps=8, lr=0.5), tmp_path / "run", device="cpu", progress=False)
+
+
+def test_learning_rate_schedules_follow_their_closed_forms():
+    """Warm-up: lr step / warmup; constant: lr after it; cosine: lr (1 + cos(pi (s - w) / (S - w))) / 2, so lr
+    at the end of the warm-up, lr / 2 half way through the decay and 0 at the last step, never increasing."""
+    constant = TrainConfig(steps=110, lr=0.01, warmup=10)
+    cosine = TrainConfig(steps=110, lr=0.01, warmup=10, lr_schedule="cosine")
+    for tc in (constant, cosine):
+        assert learning_rate(tc, 1) == pytest.approx(0.001) and learning_rate(tc, 10) == pytest.approx(0.01)
+    assert [learning_rate(constant, s) for s in (11, 60, 110)] == [0.01] * 3
+    assert learning_rate(cosine, 60) == pytest.approx(0.005)
+    assert learning_rate(cosine, 35) == pytest.approx(0.01 * (1 + math.cos(math.pi / 4)) / 2)
+    assert learning_rate(cosine, 110) == pytest.approx(0.0, abs=1e-12)
+    decay = [learning_rate(cosine, s) for s in range(10, 111)]
+    assert all(a > b for a, b in zip(decay, decay[1:]))
+    assert learning_rate(TrainConfig(steps=100, lr=0.01, warmup=0, lr_schedule="cosine"), 1) < 0.01
+
+
+def test_cosine_training_uses_the_schedule_resumes_bitwise_and_refuses_a_changed_length(tmp_path):
+    """The optimizer runs at the scheduled rate, also without a warm-up (its checkpointed learning rate; the last
+    step's is 0; train_log.csv records the same rates); an interrupted
+    cosine run resumes to the uninterrupted weights; a different train.steps would change every rate, so
+    extending a cosine run is refused naming the key (a constant-schedule run may be extended)."""
+    data = blob_dataset(tmp_path / "data.npz")
+    config = image_config(data, lr_schedule="cosine", warmup=0)
+    train(config, tmp_path / "straight", device="cpu", progress=False)
+    for step in (4, 6):
+        state = torch.load(RunDir(tmp_path / "straight").checkpoint(step), weights_only=True)
+        assert state["optimizer"]["param_groups"][0]["lr"] == pytest.approx(learning_rate(config.train, step), abs=1e-12)
+    assert learning_rate(config.train, 4) == pytest.approx(1e-3 * 0.25)
+    logged = np.loadtxt(RunDir(tmp_path / "straight").root / "train_log.csv", delimiter=",", skiprows=1)
+    assert logged[:, 1] == pytest.approx([learning_rate(config.train, s) for s in range(1, 7)])
+    assert logged[-1, 1] == 0.0
+
+    setup = interrupt_after(prepare(config, "cpu"), calls=3)
+    with pytest.raises(Interrupt):
+        train(config, tmp_path / "resumed", progress=False, setup=setup)
+    train(config, tmp_path / "resumed", device="cpu", progress=False)
+    a = torch.load(RunDir(tmp_path / "straight").model, weights_only=True)["state_dict"]
+    b = torch.load(RunDir(tmp_path / "resumed").model, weights_only=True)["state_dict"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    with pytest.raises(ValueError, match=r"train\.steps"):
+        train(image_config(data, steps=8, lr_schedule="cosine"), tmp_path / "straight", device="cpu", progress=False)
 
 
 def test_non_finite_loss_stops_training_without_checkpointing_bad_weights(tmp_path):
@@ -192,6 +236,8 @@ def test_each_epoch_visits_every_example_once_in_a_seeded_order():
     ({"train": {"batch_size": "big"}}, "train.batch_size"),
     ({"train": {"lr": -1.0}}, "train.lr"),
     ({"train": {"steps": 5, "warmup": 6}}, "train.warmup"),  # a schedule shorter than its warm-up
+    ({"train": {"steps": 5, "warmup": 5, "lr_schedule": "cosine"}}, "train.warmup"),  # no step left to decay
+    ({"train": {"lr_schedule": "linear"}}, "train.lr_schedule"),
     ({"model": {"size": "huge"}}, "model.size"),
     ({"model": {"parameterisation": "v"}}, "model.parameterisation"),
     ({"optimiser": {}}, "optimiser"),
