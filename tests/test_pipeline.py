@@ -119,6 +119,7 @@ BAD_CONFIGS = [
     ("train.steps", "many", "train.steps"),
     ("train.stepz", 5, "train.stepz"),
     ("train.warmup", 10**6, "train.warmup"),  # a schedule shorter than its warm-up cannot train
+    ("train.lr_schedule", "linear", "train.lr_schedule"),
     ("model.size", "huge", "model.size"),
     ("train.steps", KeyError, "train.steps"),
     ("model.size", KeyError, "model.size"),
