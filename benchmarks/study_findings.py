@@ -117,8 +117,13 @@ def findings(frame: pd.DataFrame, level: float = 0.95) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict]) -> str:
-    lines = ["| dataset | question | metric | candidate | reference | difference [95 % interval] | interval | verdict |",
+def percent(level: float) -> str:
+    return f"{100 * level:g} %"
+
+
+def markdown(rows: list[dict], level: float = 0.95) -> str:
+    lines = [f"| dataset | question | metric | candidate | reference | difference [{percent(level)} interval] | "
+             "interval | verdict |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['dataset']} | {r['question']} | {METRICS[r['metric']]} | {r['candidate_mean']:.2f} | "
@@ -128,11 +133,17 @@ def markdown(rows: list[dict]) -> str:
 
 
 def rows_markdown(metrics: pd.DataFrame, comparisons: pd.DataFrame) -> str:
-    """Per dataset and row: seed mean ± sd of FID and domain FD, class TV, largest collapse share, verdicts vs VP."""
+    """Per dataset and row: seed mean ± sd of FID and domain FD, class TV, largest collapse share, verdicts vs VP
+    (at the level of the pipeline's comparisons, their ``level`` column)."""
+    levels = comparisons["level"].unique() if "level" in comparisons else [0.95]
+    if len(levels) != 1:
+        raise ValueError(f"--comparisons: one interval level expected, the table holds {sorted(levels)}")
+    level = percent(float(levels[0]))
     lines = []
     for dataset in sorted(metrics["dataset"].unique()):
         lines += [f"\n**{dataset}**\n", "| row | seeds | FID | domain FD | class TV | collapsed (max) | "
-                  "ΔFID vs VP [95 %] | verdict | Δdomain FD vs VP [95 %] | verdict |", "|---|---|---|---|---|---|---|---|---|---|"]
+                  f"ΔFID vs VP [{level}] | verdict | Δdomain FD vs VP [{level}] | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for row, name in ROW_NAMES.items():
             hit = select(metrics, dataset, row)
             if hit.empty:
@@ -160,6 +171,8 @@ def main(argv=None) -> None:
     parser.add_argument("--comparisons", type=Path, help="the run's results/tables/comparisons.csv: also write rows.md")
     parser.add_argument("--level", type=float, default=0.95)
     args = parser.parse_args(argv)
+    if not 0 < args.level < 1:
+        parser.error(f"--level: must lie strictly between 0 and 1, got {args.level}")
     if not args.metrics.is_file():
         parser.error(f"--metrics: {args.metrics} does not exist (run the study first)")
     metrics = pd.read_csv(args.metrics)
@@ -168,12 +181,12 @@ def main(argv=None) -> None:
         parser.error(f"--metrics: {args.metrics} holds none of the study's rows (config/study.yaml)")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "findings.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (args.out / "findings.md").write_text(markdown(rows))
+    (args.out / "findings.md").write_text(markdown(rows, args.level))
     if args.comparisons:
         table = rows_markdown(metrics, pd.read_csv(args.comparisons))
         (args.out / "rows.md").write_text(table)
         print(table)
-    print(markdown(rows))
+    print(markdown(rows, args.level))
 
 
 if __name__ == "__main__":

@@ -74,6 +74,11 @@ def test_cli_writes_json_and_markdown(tmp_path):
     assert "| fashion_mnist | log-space control against VP | Inception FID |" in (tmp_path / "out" / "findings.md").read_text()
     with pytest.raises(SystemExit):
         study_findings.main(["--metrics", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "out")])
+    study_findings.main(["--metrics", str(metrics), "--out", str(tmp_path / "out90"), "--level", "0.9"])
+    at_90 = (tmp_path / "out90" / "findings.md").read_text()
+    assert "difference [90 % interval]" in at_90 and "95 %" not in at_90
+    with pytest.raises(SystemExit):
+        study_findings.main(["--metrics", str(metrics), "--out", str(tmp_path / "out"), "--level", "95"])
 
 
 def test_rows_table_prints_seed_mean_sd_collapse_and_the_pipelines_verdicts():
@@ -83,8 +88,10 @@ def test_rows_table_prints_seed_mean_sd_collapse_and_the_pipelines_verdicts():
     comparisons = pd.DataFrame([{"dataset": "mnist", "method": "logvp-control", "sampler": "em",
                                  "fid_difference": 33.0, "fid_low": 20.0, "fid_high": 46.0, "fid_verdict": "worse",
                                  "domain_fd_difference": 3.3, "domain_fd_low": -1.0, "domain_fd_high": 7.6,
-                                 "domain_fd_verdict": "not resolved"}])
+                                 "domain_fd_verdict": "not resolved", "level": 0.95}])
     table = study_findings.rows_markdown(metrics, comparisons)
+    assert "ΔFID vs VP [95 %]" in table
+    assert "ΔFID vs VP [80 %]" in study_findings.rows_markdown(metrics, comparisons.assign(level=0.8))
     assert ("| VP / Euler-Maruyama (baseline) | 2 | 90.0 ± 2.8 | 9.00 ± 0.28 | 0.20 | 7.5 % | baseline | – | "
             "baseline | – |") in table
     assert ("| 2 | 123.0 ± 4.2 | 12.30 ± 0.42 | 0.20 | 2.0 % | +33.00 [+20.00, +46.00] | worse | "
