@@ -312,7 +312,7 @@ def learning_rate(tc, step: int) -> float:
     ``train.lr`` (``lr_schedule: constant``) or lr (1 + cos(pi (step - warmup) / (steps - warmup))) / 2, which
     reaches 0 at the last step (``cosine``, SGDR's annealing without restarts)."""
     if step <= tc.warmup:
-        return tc.lr * step / tc.warmup
+        return tc.lr * min(1.0, step / tc.warmup)  # this expression, bit for bit, since before the schedules
     if tc.lr_schedule == "constant":
         return tc.lr
     progress = (step - tc.warmup) / (tc.steps - tc.warmup)

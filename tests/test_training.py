@@ -97,6 +97,11 @@ def test_learning_rate_schedules_follow_their_closed_forms():
     decay = [learning_rate(cosine, s) for s in range(10, 111)]
     assert all(a > b for a, b in zip(decay, decay[1:]))
     assert learning_rate(TrainConfig(steps=100, lr=0.01, warmup=0, lr_schedule="cosine"), 1) < 0.01
+    # the constant schedule's rates are, bit for bit, those of the code before the schedules existed (published
+    # constant-rate runs reproduce): lr * min(1, step / warmup), which differs from lr * step / warmup at 12 of
+    # the default's 50 warm-up steps in the last bit
+    recipe = TrainConfig(steps=1200, lr=0.002, warmup=50)
+    assert [learning_rate(recipe, s) for s in range(1, 1201)] == [0.002 * min(1.0, s / 50) for s in range(1, 1201)]
 
 
 def test_cosine_training_uses_the_schedule_resumes_bitwise_and_refuses_a_changed_length(tmp_path):
