@@ -181,12 +181,13 @@ def main(argv=None) -> None:
         parser.error(f"--metrics: {args.metrics} holds none of the study's rows (config/study.yaml)")
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "findings.json").write_text(json.dumps(rows, indent=1) + "\n")
-    (args.out / "findings.md").write_text(markdown(rows, args.level))
+    findings_table = markdown(rows, args.level)
+    (args.out / "findings.md").write_text(findings_table)
     if args.comparisons:
         table = rows_markdown(metrics, pd.read_csv(args.comparisons))
         (args.out / "rows.md").write_text(table)
         print(table)
-    print(markdown(rows, args.level))
+    print(findings_table)
 
 
 if __name__ == "__main__":
