@@ -11,6 +11,7 @@ spread of a metric leaves out most of the N samples' variation. Writes JSON. Usa
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 from pathlib import Path
@@ -18,9 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from gbm.data.atomic import write_text_atomic
+from gbm.pipeline.layout import Evaluation
 
 PAIRS_ACROSS_METHODS = ((("vp", "em"), ("logvp-control", "em")), (("vp", "em"), ("gbm-tuned", "dale-langevin")),
                         (("vp", "em"), ("gbm", "dale-langevin")))
+
+
+def _samples(evaluation: Evaluation) -> Path:
+    return Path(evaluation.directory) / "samples.npz"
 
 
 def _images(path: Path) -> np.ndarray:
@@ -48,18 +54,17 @@ def main() -> None:
     args = parser.parse_args()
     rows, across = [], []
     for seed0 in sorted(args.results.glob(f"*/*/seed0/*/steps{args.steps}/samples.npz")):
-        sampler_dir = seed0.parent.parent
-        dataset, method, sampler = seed0.parts[-6], seed0.parts[-5], sampler_dir.name
-        seed1 = args.results / dataset / method / "seed1" / sampler / f"steps{args.steps}" / "samples.npz"
+        evaluation = Evaluation.from_directory(seed0.parent)
+        seed1 = _samples(dataclasses.replace(evaluation, seed=1))
         if not seed1.exists():
             continue
         a, b = _images(seed0), _images(seed1)
-        rows.append({"dataset": dataset, "method": method, "sampler": sampler,
+        rows.append({"dataset": evaluation.dataset, "method": evaluation.method, "sampler": evaluation.sampler,
                      "same_noise": mean_correlation(a, b), "other_noise": mean_correlation(a, b, shift=1)})
     for dataset in sorted({row["dataset"] for row in rows}):
         for (m1, s1), (m2, s2) in PAIRS_ACROSS_METHODS:
-            p1 = args.results / dataset / m1 / "seed0" / s1 / f"steps{args.steps}" / "samples.npz"
-            p2 = args.results / dataset / m2 / "seed0" / s2 / f"steps{args.steps}" / "samples.npz"
+            p1 = _samples(Evaluation(dataset, m1, 0, s1, args.steps, str(args.results)))
+            p2 = _samples(Evaluation(dataset, m2, 0, s2, args.steps, str(args.results)))
             if p1.exists() and p2.exists():
                 a, b = _images(p1), _images(p2)
                 across.append({"dataset": dataset, "rows": [f"{m1}/{s1}", f"{m2}/{s2}"], "seed": 0,
