@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 
-from gbm.pipeline.config import check_config, evaluations, load_config
+from gbm.pipeline.config import check_config, evaluations, load_config, noise_seed_start
 from test_pipeline import REPO, SNAKEMAKE
 
 STUDY = REPO / "config" / "study.yaml"
@@ -91,3 +91,30 @@ def test_study_dry_run_plans_every_model_and_row_on_both_datasets(planned):
         assert ("--prior correlated" in command) == ("--prior correlated" in ROWS[(entry, label)]), command
         assert ("grid=sqrt-t" in command) == ("--option grid=sqrt-t" in ROWS[(entry, label)]), command
 
+
+
+def test_each_training_seed_samples_its_own_noise_and_every_row_of_a_seed_shares_it(planned):
+    # issue 26: with one noise set for every seed, two seeds' networks drew nearly the same images and the
+    # seeds' spread left out the samples' own variation. Seed s draws image i from noise seed s * N + i.
+    _, commands = planned
+    starts = {}
+    for command in (c for c in commands if "gbm sample" in c):
+        words = shlex.split(command[command.rindex("gbm sample"):])  # the command run, after its log's copy
+        dataset, entry, seed, label = re.search(r"results/(\w+)/([\w-]+)/seed(\d)/([\w-]+)/steps",
+                                                words[words.index("--out") + 1]).groups()
+        n, start = int(words[words.index("--n") + 1]), int(words[words.index("--seed-start") + 1])
+        starts[(dataset, entry, int(seed), label)] = range(start, start + n)
+    assert len(starts) == 2 * len(ROWS) * len(SEEDS)
+    for seed in SEEDS:  # every dataset, method and sampler at one seed: the same noise (paired within the seed)
+        assert {starts[key] for key in starts if key[2] == seed} == {range(seed * 200, seed * 200 + 200)}
+    assert not set(starts[("mnist", "vp", 0, "em")]) & set(starts[("mnist", "vp", 1, "em")])
+
+
+def test_noise_seed_start_is_disjoint_across_seeds_and_refuses_what_it_cannot_place():
+    n = 200
+    ranges = [range(noise_seed_start(seed, n), noise_seed_start(seed, n) + n) for seed in range(6)]
+    assert ranges[0] == range(0, 200)  # seed 0 keeps the noise every earlier evaluation used
+    assert all(not set(a) & set(b) for i, a in enumerate(ranges) for b in ranges[i + 1:])
+    for seed, n_samples in ((-1, 200), (0, 0)):
+        with pytest.raises(ValueError, match="noise_seed_start"):
+            noise_seed_start(seed, n_samples)

@@ -301,6 +301,20 @@ def evaluations(config: dict) -> Iterator[Evaluation]:
                         yield Evaluation(dataset, method, seed, sampler, steps)
 
 
+def noise_seed_start(seed: int, n_samples: int) -> int:
+    """The first noise seed of training seed ``seed``'s evaluations (``gbm sample --seed-start``).
+
+    Image i of every evaluation of a model trained with seed ``seed`` is drawn from noise seed
+    ``seed * n_samples + i``: distinct training seeds sample disjoint noise sets, so the spread over seeds
+    that the verdicts measure includes the samples' own variation (with one noise set for every seed, two
+    seeds' networks drew nearly the same images; docs/protocol.md), while every method and sampler at one
+    training seed shares that seed's set.
+    """
+    if seed < 0 or n_samples < 1:
+        raise ValueError(f"noise_seed_start: need seed >= 0 and n_samples >= 1, got {seed}, {n_samples}")
+    return seed * n_samples
+
+
 def training_config(config: dict, dataset: str, method: str, seed: int) -> dict:
     """The ``gbm train`` configuration of one run: shared backbone and budget, the method's SDE and loss."""
     spec = config["methods"][method]

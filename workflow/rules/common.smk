@@ -12,6 +12,7 @@ from gbm.pipeline.config import (  # noqa: E402
     RESOLVED_CONFIG_NAME,
     method_name,
     evaluations,
+    noise_seed_start,
     has_baseline,
     parse_overrides,
     resolve_config,
@@ -162,9 +163,10 @@ def sample_log(e):
 def sample_command(e):
     """The `gbm sample` command of an evaluation (or of the sample rule's wildcards); its log starts with it."""
     evaluation = Evaluation(e.dataset, e.method, int(e.seed), e.sampler, int(e.steps))
+    n = config["evaluation"]["n_samples"]
     return (
         f"gbm sample {evaluation.run.run_dir} {sample_args(e)} --steps {e.steps} "
-        f"--n {config['evaluation']['n_samples']} --batch-size {config['evaluation']['batch_size']} --seed-start 0 "
+        f"--n {n} --batch-size {config['evaluation']['batch_size']} --seed-start {noise_seed_start(int(e.seed), n)} "
         f"--out {evaluation.directory}/samples.npz"
     )
 

@@ -3,6 +3,7 @@
 # split, then one table and one figure. Without the key these rules are not defined and add no job.
 
 from gbm.pipeline.layout import SWEEP_ROOT  # noqa: E402
+from gbm.pipeline.config import noise_seed_start  # noqa: E402
 from gbm.reporting.guidance_sweep import guidance_args, sweep_runs, sweep_spec  # noqa: E402
 
 SWEEP = sweep_spec(config)
@@ -13,6 +14,10 @@ SWEEP_DIR = pattern(EVALUATION_DIR, SWEEP_ROOT) + "/{setting}"
 def sweep_sample_args(wildcards):
     run = SWEEP_RUNS[SWEEP_DIR.format(**wildcards)]
     return sample_args(wildcards) + " " + " ".join(shlex.quote(a) for a in guidance_args(SWEEP, run))
+
+
+def sweep_seed_start(wildcards):
+    return noise_seed_start(int(wildcards.seed), SWEEP["n_samples"])
 
 
 if SWEEP is not None:
@@ -31,6 +36,7 @@ if SWEEP is not None:
             args=sweep_sample_args,
             n=SWEEP["n_samples"],
             batch_size=config["evaluation"]["batch_size"],
+            seed_start=sweep_seed_start,
         log:
             "results/logs/guidance_sweep/sample_{dataset}_{method}_seed{seed}_{sampler}_steps{steps}_{setting}.log",
         benchmark:
@@ -43,7 +49,7 @@ if SWEEP is not None:
         shell:
             "export OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads}; "
             "python -m gbm.jobs.devices -- gbm sample {params.run_dir} {params.args} --steps {wildcards.steps} "
-            "--n {params.n} --batch-size {params.batch_size} --seed-start 0 --out {output.samples} > {log} 2>&1"
+            "--n {params.n} --batch-size {params.batch_size} --seed-start {params.seed_start} --out {output.samples} > {log} 2>&1"
 
     rule guidance_sweep_score:
         input:
