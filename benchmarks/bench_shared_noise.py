@@ -1,9 +1,12 @@
-"""How much two training seeds of one row share their samples: every evaluation samples image i from noise seed
-i (``--seed-start 0`` in workflow/rules/common.smk), at every training seed and for every method, so two
-networks of one row are given the same noise. This measures, per row of a finished run, the mean pixel
-correlation of image i at seed 0 with image i at seed 1 (same noise) and with image i+1 (other noise), and the
-same across two methods at seed 0. A same-noise correlation well above the other-noise one says the seeds'
-spread of a metric leaves out most of the N samples' variation. Writes JSON. Usage:
+"""How much two training seeds of one row share their samples. Image i of an evaluation is drawn from noise seed
+``seed_start + i`` (the ``seeds`` array of samples.npz). Until issue 26 every training seed sampled from
+seed_start 0, so two networks of one row were given the same noise and drew nearly the same images; since
+then seed s starts at s * N (gbm.pipeline.config.noise_seed_start). This measures, per row of a finished run,
+how many noise seeds seed 0's and seed 1's evaluations share, and the mean pixel correlation of image i at
+seed 0 with image i at seed 1 (the same index: the same noise under the old protocol) and with image i+1
+(another index), and the same across two methods at seed 0 (which share noise by design: paired within a
+seed). A same-index correlation well above the other-index one says the seeds' spread of a metric leaves out
+most of the N samples' variation. Writes JSON. Usage:
 
     python benchmarks/bench_shared_noise.py --results results --out results/benchmarks/shared_noise.json
 """
@@ -29,10 +32,11 @@ def _samples(evaluation: Evaluation) -> Path:
     return Path(evaluation.directory) / "samples.npz"
 
 
-def _images(path: Path) -> np.ndarray:
+def _images(path: Path) -> tuple[np.ndarray, set[int]]:
+    """The flattened images of a samples.npz and the noise seeds they were drawn from."""
     with np.load(path) as data:
-        images = data["images"]
-    return images.reshape(len(images), -1).astype(np.float64)
+        images, seeds = data["images"], data["seeds"]
+    return images.reshape(len(images), -1).astype(np.float64), {int(s) for s in seeds}
 
 
 def mean_correlation(a: np.ndarray, b: np.ndarray, shift: int = 0) -> float:
@@ -58,23 +62,26 @@ def main() -> None:
         seed1 = _samples(dataclasses.replace(evaluation, seed=1))
         if not seed1.exists():
             continue
-        a, b = _images(seed0), _images(seed1)
+        (a, noise_a), (b, noise_b) = _images(seed0), _images(seed1)
         rows.append({"dataset": evaluation.dataset, "method": evaluation.method, "sampler": evaluation.sampler,
-                     "same_noise": mean_correlation(a, b), "other_noise": mean_correlation(a, b, shift=1)})
+                     "noise_seeds_shared": len(noise_a & noise_b), "same_index": mean_correlation(a, b),
+                     "other_index": mean_correlation(a, b, shift=1)})
     for dataset in sorted({row["dataset"] for row in rows}):
         for (m1, s1), (m2, s2) in PAIRS_ACROSS_METHODS:
             p1 = _samples(Evaluation(dataset, m1, 0, s1, args.steps, str(args.results)))
             p2 = _samples(Evaluation(dataset, m2, 0, s2, args.steps, str(args.results)))
             if p1.exists() and p2.exists():
-                a, b = _images(p1), _images(p2)
+                (a, noise_a), (b, noise_b) = _images(p1), _images(p2)
                 across.append({"dataset": dataset, "rows": [f"{m1}/{s1}", f"{m2}/{s2}"], "seed": 0,
-                               "same_noise": mean_correlation(a, b), "other_noise": mean_correlation(a, b, shift=1)})
+                               "noise_seeds_shared": len(noise_a & noise_b), "same_index": mean_correlation(a, b),
+                               "other_index": mean_correlation(a, b, shift=1)})
     if not rows:
         raise SystemExit(f"--results: no row with samples at seeds 0 and 1 under {args.results}")
     for row in rows + across:
         name = row.get("rows") or f"{row['method']}/{row['sampler']}"
-        print(f"{row['dataset']:14s} {str(name):60s} same noise {row['same_noise']:.2f}  other {row['other_noise']:.2f}")
-    report = {"machine": platform.node(), "results": str(args.results), "steps": args.steps,
+        print(f"{row['dataset']:14s} {str(name):60s} noise seeds shared {row['noise_seeds_shared']:4d}  "
+              f"same index {row['same_index']:.2f}  other {row['other_index']:.2f}")
+    report = {"machine": platform.platform(), "results": args.results.name, "steps": args.steps,
               "seed0_vs_seed1": rows, "across_methods": across}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(args.out, json.dumps(report, indent=2) + "\n")

@@ -24,16 +24,26 @@ def test_mean_correlation_is_the_mean_of_per_image_pearson_correlations():
         assert abs(bench_shared_noise.mean_correlation(a, b, shift=shift) - expected) < 1e-12
 
 
-def test_run_reads_same_noise_above_other_noise(tmp_path):
+def _run(tmp_path, starts):
     rng = np.random.default_rng(1)
     base = rng.uniform(0, 1, size=(20, 1, 28, 28)).astype(np.float32)
     for seed, images in ((0, base), (1, base + 0.1 * rng.normal(size=base.shape).astype(np.float32))):
         folder = tmp_path / "mnist" / "vp" / f"seed{seed}" / "em" / "steps100"
         folder.mkdir(parents=True)
-        np.savez(folder / "samples.npz", images=images, seeds=np.arange(20))
+        np.savez(folder / "samples.npz", images=images, seeds=np.arange(starts[seed], starts[seed] + 20))
     out = tmp_path / "shared.json"
     subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_shared_noise.py"), "--results", str(tmp_path),
                     "--out", str(out)], check=True, capture_output=True, cwd=REPO)
     (row,) = json.loads(out.read_text())["seed0_vs_seed1"]
     assert (row["dataset"], row["method"], row["sampler"]) == ("mnist", "vp", "em")
-    assert row["same_noise"] > 0.9 and abs(row["other_noise"]) < 0.1
+    return row
+
+
+def test_run_reads_same_index_above_other_index_and_counts_the_shared_noise_seeds(tmp_path):
+    row = _run(tmp_path, {0: 0, 1: 0})
+    assert row["same_index"] > 0.9 and abs(row["other_index"]) < 0.1 and row["noise_seeds_shared"] == 20
+
+
+def test_seeds_with_their_own_noise_share_no_noise_seed(tmp_path):
+    assert _run(tmp_path, {0: 0, 1: 20})["noise_seeds_shared"] == 0
+    assert _run(tmp_path / "overlap", {0: 0, 1: 15})["noise_seeds_shared"] == 5
