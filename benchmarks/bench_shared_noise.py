@@ -50,6 +50,14 @@ def mean_correlation(a: np.ndarray, b: np.ndarray, shift: int = 0) -> float:
     return float(np.nanmean(values))
 
 
+def pair_reading(first: Path, second: Path) -> dict:
+    """How two sample files relate: the noise seeds they share, and image i's correlation with image i of the
+    other (the same index) and with image i+1 (another index)."""
+    (a, noise_a), (b, noise_b) = _images(first), _images(second)
+    return {"noise_seeds_shared": len(noise_a & noise_b), "same_index": mean_correlation(a, b),
+            "other_index": mean_correlation(a, b, shift=1)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", type=Path, default=Path("results"))
@@ -62,19 +70,15 @@ def main() -> None:
         seed1 = _samples(dataclasses.replace(evaluation, seed=1))
         if not seed1.exists():
             continue
-        (a, noise_a), (b, noise_b) = _images(seed0), _images(seed1)
         rows.append({"dataset": evaluation.dataset, "method": evaluation.method, "sampler": evaluation.sampler,
-                     "noise_seeds_shared": len(noise_a & noise_b), "same_index": mean_correlation(a, b),
-                     "other_index": mean_correlation(a, b, shift=1)})
+                     **pair_reading(seed0, seed1)})
     for dataset in sorted({row["dataset"] for row in rows}):
         for (m1, s1), (m2, s2) in PAIRS_ACROSS_METHODS:
             p1 = _samples(Evaluation(dataset, m1, 0, s1, args.steps, str(args.results)))
             p2 = _samples(Evaluation(dataset, m2, 0, s2, args.steps, str(args.results)))
             if p1.exists() and p2.exists():
-                (a, noise_a), (b, noise_b) = _images(p1), _images(p2)
                 across.append({"dataset": dataset, "rows": [f"{m1}/{s1}", f"{m2}/{s2}"], "seed": 0,
-                               "noise_seeds_shared": len(noise_a & noise_b), "same_index": mean_correlation(a, b),
-                               "other_index": mean_correlation(a, b, shift=1)})
+                               **pair_reading(p1, p2)})
     if not rows:
         raise SystemExit(f"--results: no row with samples at seeds 0 and 1 under {args.results}")
     for row in rows + across:
