@@ -5,6 +5,7 @@ resumed job without duplicated or lost points; eight jobs at once lose nothing; 
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import shutil
@@ -216,3 +217,54 @@ def test_mirror_adopts_the_live_run_and_a_lost_store_is_rebuilt_with_its_times(t
     rebuilt = client(copy).search_runs([client(copy).get_experiment_by_name("live").experiment_id])[0]
     assert (rebuilt.info.start_time, rebuilt.info.end_time) == pytest.approx(
         (live.start_time, live.end_time), abs=1)
+    # the job's wall time too, at the same step (the job's session), from the sessions mlflow_run.json records
+    wall = [(m.step, m.value) for m in client(results).get_metric_history(run_id, "job_wall_time_s")]
+    rebuilt_wall = [(m.step, m.value) for m in client(copy).get_metric_history(rebuilt.info.run_id, "job_wall_time_s")]
+    assert len(wall) == 1 and rebuilt_wall == [(wall[0][0], pytest.approx(wall[0][1], abs=1e-6))]
+
+
+def test_a_run_its_job_could_not_close_is_ended_by_the_mirror_with_the_jobs_wall_time(tmp_path):
+    """The tracker loses the store after opening its run (the writers' lock outlasts its timeout): the run file
+    still records the job's end, and the pipeline's sync ends the run FINISHED with the job's wall time, as
+    the job would have."""
+    from gbm.tracking.live import TrainingTracker
+    from gbm.tracking.mirror import sync
+
+    results = tmp_path / "results"
+    run_dir = results / "mnist" / "gbm" / "seed0" / "run"
+    run_dir.mkdir(parents=True)
+    link = run_dir / "mlflow_run.json"
+    started = time.time()
+    tracker = TrainingTracker(store(results), "live", run_dir, {"seed": 0, "sde": {"name": "gbm"}}, started,
+                              interval=0.1, lock_timeout=0.5)
+    deadline = time.time() + 120
+    while not link.is_file():
+        assert time.time() < deadline and tracker.failed is None, tracker.failed
+        time.sleep(0.05)
+    lock = os.open(results / "mlflow.db.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # held past the tracker's lock timeout, as by a stuck writer
+    try:
+        tracker(1, 0.5, 1e-3, 100.0)
+        tracker.close("FINISHED", timeout=60)
+        ended = time.time()
+    finally:
+        os.close(lock)
+    assert tracker.failed is not None and "TimeoutError" in tracker.failed
+    record = json.loads(link.read_text())
+    run_id = record["run_id"]
+    assert record["status"] == "FINISHED" and record["sessions"][-1]["status"] == "FINISHED"
+    wall = record["sessions"][-1]["ended_at"] - started
+    assert 0 < wall <= ended - started
+    run = client(results).get_run(run_id)
+    assert run.info.status == "RUNNING" and "job_wall_time_s" not in run.data.metrics  # the store never heard
+
+    (run_dir / "config.yaml").write_text("seed: 0\nsde: {name: gbm}\ntrain: {steps: 1}\n")
+    (run_dir / "loss.csv").write_text("step,loss\n1,0.5\n")
+    (run_dir / "train_log.csv").write_text("step,learning_rate,images_per_s\n1,0.001,100.0\n")
+    (run_dir / "train_metrics.json").write_text(json.dumps({"steps": 1, "final_loss": 0.5}))
+    summary = sync(results, "live", uri=store(results)).as_dict()
+    assert (summary["adopted"], summary["created"], summary["failed"]) == (1, 0, [])
+    run = client(results).get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert [(m.step, m.value) for m in client(results).get_metric_history(run_id, "job_wall_time_s")] == [
+        (0, pytest.approx(wall, abs=1e-6))]

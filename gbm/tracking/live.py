@@ -8,7 +8,10 @@ here can fail training: the first error is reported on stderr, logging stops, tr
 before it hands a step here: a job killed before a batch reached the store loses no point).
 
 The run starts at the job's process start and ends when its last batch is written, with status
-FINISHED, FAILED or KILLED (interrupted). Its id is kept in ``RUN_DIR/mlflow_run.json``: a resumed job
+FINISHED, FAILED or KILLED (interrupted). ``RUN_DIR/mlflow_run.json`` records each session's start, end and
+status even when the store did not take them (the tracker failed): the mirror logs ``job_wall_time_s`` of
+every ended session from it, so a run the job could not close, or a store rebuilt from ``results/``, ends
+as the job's own run would have. Its id is kept in ``RUN_DIR/mlflow_run.json``: a resumed job
 reopens the same run and skips the (metric, step) points the store already holds (the resumed loop
 recomputes the steps after its checkpoint bitwise equal), so each curve has each step once.
 ``gbm mlflow-sync`` adopts the run through that file instead of creating a second one.
@@ -27,7 +30,7 @@ from pathlib import Path
 
 from gbm.data.atomic import write_text_atomic
 from gbm.pipeline.layout import Run
-from gbm.tracking.mirror import LIVE_RUN_FILE, flatten_params, retry_locked, open_experiment, uri_lock
+from gbm.tracking.mirror import JOB_WALL_TIME, LIVE_RUN_FILE, flatten_params, retry_locked, open_experiment, uri_lock
 
 FINISHED, FAILED, KILLED = "FINISHED", "FAILED", "KILLED"
 LOSS, LEARNING_RATE, THROUGHPUT = "train_loss", "learning_rate", "images_per_s"
@@ -92,6 +95,14 @@ class TrainingTracker:
         self._thread.join(timeout)
         if self._thread.is_alive():
             self._report(f"still writing after {timeout:.0f} s; the run stays RUNNING")
+        if self.failed is not None and self.run_id is not None:
+            # The store did not take the run's end: the run file still records when and how the job ended,
+            # and ``gbm mlflow-sync`` completes the run from it (status, ``job_wall_time_s``).
+            try:
+                self._write_link(status=self._status, ended_at=time.time())
+            except OSError as error:
+                print(f"gbm train: warning: could not record the job's end in {LIVE_RUN_FILE}: {error}",
+                      file=sys.stderr, flush=True)
 
     def _report(self, message: str) -> None:
         if self.failed is None:
@@ -137,23 +148,23 @@ class TrainingTracker:
                 run = None
         if run is not None:
             self.run_id = run.info.run_id
+            self.sessions = previous.get("sessions", [])
+            self.first_start = previous.get("started_at", self.started_at)
             retry_locked(lambda: self.client.update_run(self.run_id, status="RUNNING"))
             for key in CURVES:
                 self.logged[key] = {m.step for m in retry_locked(lambda: self.client.get_metric_history(self.run_id, key))}
-            self.sessions = previous.get("sessions", [])
-            self.first_start = previous.get("started_at", self.started_at)
         else:
             name, tags = run_identity(self.run_dir, self.config)
             tags |= {"config": self.experiment, "mlflow.source.name": "gbm train"}
             run = retry_locked(lambda: self.client.create_run(experiment_id, start_time=int(self.started_at * 1000),
                                                         run_name=name, tags=tags))
             self.run_id = run.info.run_id
+            self.sessions, self.first_start = [], self.started_at
             params: dict = {}
             flatten_params("", self.config, params)
             params = [Param(k, str(v)[:500]) for k, v in params.items()]
             for i in range(0, len(params), 100):
                 retry_locked(lambda: self.client.log_batch(self.run_id, params=params[i:i + 100]))
-            self.sessions, self.first_start = [], self.started_at
         self._write_link(status="RUNNING", ended_at=None)
 
     def _write_link(self, status: str, ended_at: float | None) -> None:
@@ -186,7 +197,7 @@ class TrainingTracker:
         wall = ended_at - self.started_at
         with uri_lock(self.uri, self.lock_timeout):
             retry_locked(lambda: self.client.log_batch(self.run_id, metrics=[
-                Metric("job_wall_time_s", wall, int(ended_at * 1000), len(self.sessions))]))
+                Metric(JOB_WALL_TIME, wall, int(ended_at * 1000), len(self.sessions))]))
             retry_locked(lambda: self.client.set_terminated(self.run_id, self._status, end_time=int(ended_at * 1000)))
         self._write_link(status=self._status, ended_at=ended_at)
 

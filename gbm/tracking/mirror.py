@@ -18,7 +18,9 @@ A crash at any moment loses nothing: ``gbm.digest`` is the last thing written, a
 metric point, the artifacts and the run's end, so a run without it (a sync killed half-way) is completed
 (an adopted live run) or replaced (a created one) by the next sync. The curves (``train_loss``,
 ``learning_rate``, ``images_per_s``) come from ``loss.csv`` and ``train_log.csv``, each (metric, step) point
-logged once. Each sync compares a run's stored artifacts with the SHA-256 of the files they mirror, writes
+logged once; ``job_wall_time_s`` (one point per job session) from the sessions ``mlflow_run.json`` records,
+so a live run its job could not close (the tracker failed) and a run rebuilt from the files carry it as a
+run the job closed does. Each sync compares a run's stored artifacts with the SHA-256 of the files they mirror, writes
 those missing or different again and removes anything else in the run's artifact folder (a killed write's
 ``.tmp-*`` file); the summary lists what it repaired.
 
@@ -62,6 +64,7 @@ TRAIN_LOG_NAME = "train_log.csv"  # in a run directory: step,learning_rate,image
 #: Each training curve: the run-directory file and column it is read from.
 CURVES = {"train_loss": ("loss.csv", "loss"), "learning_rate": (TRAIN_LOG_NAME, "learning_rate"),
           "images_per_s": (TRAIN_LOG_NAME, "images_per_s")}
+JOB_WALL_TIME = "job_wall_time_s"  # a training run's: one point per job session (gbm.tracking.live)
 KEY_TAG, DIGEST_TAG = "gbm.key", "gbm.digest"
 SAMPLE_GRID_NAME = "sample_grid.png"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens a custom_model_development experiment on
@@ -267,6 +270,18 @@ def _csv_curve(path: Path, column: str) -> list[tuple[int, float]]:
     return [(step, value) for step, value in rows if math.isfinite(value)]
 
 
+def job_wall_times(live: dict) -> list[tuple[int, float]]:
+    """(session index, seconds) of every ended session of a training job's run file (``mlflow_run.json``):
+    the ``job_wall_time_s`` points its live run logs (step = session), so a run the job could not close, or
+    one rebuilt from ``results/``, carries them too."""
+    points = []
+    for index, session in enumerate(live.get("sessions") or []):
+        started, ended = session.get("started_at"), session.get("ended_at")
+        if isinstance(started, (int, float)) and isinstance(ended, (int, float)):
+            points.append((index, ended - started))
+    return points
+
+
 def training_curves(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every training curve (``CURVES``) of a run directory, every step."""
     return {name: _csv_curve(Path(run_dir) / file, column) for name, (file, column) in CURVES.items()}
@@ -302,7 +317,8 @@ def training_record(seed_dir: Path, config_name: str) -> Record:
     files.append(seed_dir.parents[2] / RESOLVED_CONFIG_NAME)  # the pipeline run's whole configuration
     record = Record(
         key=f"{dataset}/{method}/seed{seed}", name=f"{dataset}/{method}/seed{seed}", tags=tags, params=params,
-        metrics={f"train.{k}": v for k, v in _numeric(flat).items()}, curves=training_curves(run_dir),
+        metrics={f"train.{k}": v for k, v in _numeric(flat).items()},
+        curves=training_curves(run_dir) | {JOB_WALL_TIME: job_wall_times(live)},
         artifacts=[p for p in files if p.is_file()], sources=files, start_ms=_ms(live.get("started_at")),
         end_ms=_ms(live.get("ended_at")), linked_run=live.get("run_id"),
     )
@@ -466,13 +482,19 @@ class Mirror:
             retry_locked(lambda: self.client.set_experiment_tag(self.experiment_id, f"{VIEW_TAG}evaluations", view))
 
     def live_run(self, record: Record):
-        """The run ``gbm train`` logged for this record, when it is in this store and experiment."""
+        """The run ``gbm train`` logged for this record, when it is in this store and experiment. Only a run the
+        store does not hold counts as absent (e.g. a store rebuilt from results/); any other error fails this
+        record's sync (reported; the next sync retries) rather than have the live run replaced and deleted."""
+        from mlflow.exceptions import MlflowException
+
         if record.linked_run is None:
             return None
         try:
             run = retry_locked(lambda: self.client.get_run(record.linked_run))
-        except Exception:  # noqa: BLE001 - not in this store (e.g. a store rebuilt from results/)
-            return None
+        except MlflowException as error:
+            if error.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
         if run.info.experiment_id != self.experiment_id or run.info.lifecycle_stage != "active":
             return None
         return run
