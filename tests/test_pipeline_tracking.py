@@ -170,6 +170,26 @@ def test_an_unusable_store_is_reported_and_never_fails_the_job(tmp_path):
                           capture_output=True, env=dict(os.environ, MLFLOW_TRACKING_URI="")).returncode == 1
 
 
+def test_the_mirror_treats_only_a_run_the_store_lacks_as_absent_never_one_it_cannot_read(tmp_path):
+    """A linked live run the store does not hold is absent (a rebuilt store: the sync creates the run anew); a
+    store that fails to answer must fail the record instead, or the sync would replace and delete a live run."""
+    from types import SimpleNamespace
+
+    from gbm.tracking.mirror import Mirror
+
+    results = fake_results(tmp_path, seeds=(0,))
+    sync(results)
+    mirror = Mirror(f"sqlite:///{results / 'mlflow.db'}", "test")
+    held = next(r for r in mirrored(results) if r.data.tags["kind"] == "training")
+    assert mirror.live_run(SimpleNamespace(linked_run=held.info.run_id)).info.run_id == held.info.run_id
+    assert mirror.live_run(SimpleNamespace(linked_run="0" * 32)) is None
+    with open(results / "mlflow.db", "r+b") as store:  # damage the store under the open client
+        store.write(b"not a database " * 8)
+    with pytest.raises(Exception) as raised:
+        mirror.live_run(SimpleNamespace(linked_run=held.info.run_id))
+    assert "database" in str(raised.value).lower()
+
+
 def test_table_reports_mean_and_std_over_seeds_with_n_nfe_and_split(tmp_path):
     results = fake_results(tmp_path)
     runs = aggregate(sorted(results.glob("*/*/seed*/*/steps*/metrics.json")))
