@@ -188,3 +188,25 @@ def test_mlflow_training_record_carries_the_resolved_config(tmp_path):
     digest = record.digest()
     write_config(tmp_path, with_defaults(dict(ONE_METHOD, seeds=[1])))
     assert training_record(run.parent, "one").digest() != digest  # a changed config is mirrored again
+
+
+def test_the_schemas_choices_are_the_codes():
+    """Every enum of the config schema that mirrors a list in the code equals it, so a choice the code adds
+    or drops cannot pass (or fail) validation before any job starts while the job then refuses (or ignores) it."""
+    from gbm.config import LR_SCHEDULES
+    from gbm.data.sources import DATASETS
+    from gbm.grids import GRIDS
+    from gbm.guidance import KERNELS, SCHEDULES
+    from gbm.speed import PRECISIONS
+
+    whole = load_schema()
+    schema = whole["properties"]
+    train = schema["train"]["properties"]
+    options = whole["$defs"]["options"]["properties"]
+    assert set(schema["datasets"]["items"]["enum"]) == set(DATASETS)
+    assert set(train["lr_schedule"]["enum"]) == set(LR_SCHEDULES)
+    assert set(train["precision"]["enum"]) == set(PRECISIONS)
+    assert set(options["grid"]["enum"]) == set(GRIDS)
+    guidance = whole["$defs"]["sampler"]["properties"]["guidance"]["properties"]
+    assert set(guidance["kernel"]["enum"]) == set(KERNELS)
+    assert set(guidance["schedule"]["enum"]) == set(SCHEDULES)
