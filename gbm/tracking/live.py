@@ -11,8 +11,9 @@ The run starts at the job's process start and ends when its last batch is writte
 FINISHED, FAILED or KILLED (interrupted). Its id is kept in ``RUN_DIR/mlflow_run.json`` with each session's
 start, end and status, written even when the store did not take them (the tracker failed): the mirror logs
 ``job_wall_time_s`` of every ended session from it, so a run the job could not close, or a store rebuilt
-from ``results/``, ends as the job's own run would have. A resumed job reopens the same run and skips the (metric, step) points the store already holds (the resumed loop
-recomputes the steps after its checkpoint bitwise equal), so each curve has each step once.
+from ``results/``, ends as the job's own run would have. A resumed job reopens the same run and skips the
+(metric, step) points the store already holds (the resumed loop recomputes the steps after its checkpoint
+bitwise equal), so each curve has each step once.
 ``gbm mlflow-sync`` adopts the run through that file instead of creating a second one.
 """
 
